@@ -1,0 +1,1 @@
+"""Data: caption formats, preparation, the generated shapes benchmark, loading and feature caches."""
