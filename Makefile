@@ -4,9 +4,11 @@ SHARED ?= ../shared
 TORCH_HOME ?= $(HOME)/.cache/torch
 export TORCH_HOME
 
+include mk/weights.mk
+
 .PHONY: help install demo test test-slow lint weights ui
 help:  ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 install:  ## install the package (editable) with its test extras
 	$(PY) -m pip install -q -e ".[test]"

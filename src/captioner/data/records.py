@@ -110,5 +110,7 @@ def read_manifest(root: str | Path) -> dict:
     if not root.is_dir():
         raise DataError(f"prepared data folder not found: {root}; run `python -m captioner.prepare` first")
     if not (root / MANIFEST).exists():
-        raise DataError(f"{root} has no {MANIFEST}: preparation did not finish; re-run `python -m captioner.prepare`")
+        raise DataError(
+            f"{root} has no {MANIFEST}: preparation did not finish; re-run `python -m captioner.prepare`"
+        )
     return read_json(root / MANIFEST, "manifest")

@@ -43,7 +43,9 @@ class Vocab:
         return isinstance(other, Vocab) and self.itos == other.itos
 
     @classmethod
-    def build(cls, captions: Iterable[Sequence[str]], max_size: int | None = None, min_count: int = 1) -> Vocab:
+    def build(
+        cls, captions: Iterable[Sequence[str]], max_size: int | None = None, min_count: int = 1
+    ) -> Vocab:
         """Most frequent words first (ties alphabetical), at most ``max_size`` ids including specials."""
         if min_count < 1:
             raise ConfigError(f"vocab min_count={min_count} must be >= 1")

@@ -1,0 +1,161 @@
+"""Batched beam search vs. one image at a time, same function, same random SAT decoder, on CPU.
+
+    python bench/beam.py                       # both model sizes, 64 images, k=5
+    python bench/beam.py --sizes sat --images 32
+    python bench/beam.py --device cuda         # adds a "cuda" record beside the "cpu" one
+
+Prints a table and writes the run's record under its device key ("cpu", "cuda") of
+bench/results/beam.json, keeping the other devices' records. Weights are random, so captions rarely end early:
+both paths run all ``max_len`` steps, which keeps the comparison like for like.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.decode import beam_search
+from captioner.model.decoder import Decoder
+
+# The paper-sized model (MobileNetV2-like 1280-d annotations on a 7x7 grid) and a small one.
+SIZES = {
+    "sat": dict(
+        encoder_dim=1280, locations=49, hidden_dim=512, embed_dim=512, attention_dim=512, vocab_size=3000
+    ),
+    "small": dict(
+        encoder_dim=256, locations=49, hidden_dim=256, embed_dim=256, attention_dim=256, vocab_size=3000
+    ),
+}
+
+
+def timed(fn, device: torch.device) -> tuple[float, object]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":  # kernels run asynchronously: wait for them before reading the clock
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, out
+
+
+def bench_size(
+    name: str, images: int, k: int, max_len: int, repeats: int, device: torch.device
+) -> list[dict]:
+    """Time batched and per-image beam search on one randomly initialised decoder."""
+    size = SIZES[name]
+    torch.manual_seed(0)
+    decoder = (
+        Decoder(
+            vocab_size=size["vocab_size"],
+            encoder_dim=size["encoder_dim"],
+            embed_dim=size["embed_dim"],
+            hidden_dim=size["hidden_dim"],
+            attention_dim=size["attention_dim"],
+            num_layers=1,
+            dropout=0.0,
+            deep_output=True,
+            beta_gate="scalar",
+        )
+        .to(device)
+        .eval()
+    )
+    annotations = torch.rand(images, size["locations"], size["encoder_dim"], device=device)
+    beam_search(decoder, annotations[:2], k=k, max_len=3)  # warm-up: allocator, kernels
+
+    def batched():
+        return beam_search(decoder, annotations, k=k, max_len=max_len)
+
+    def per_image():
+        return [beam_search(decoder, annotations[i : i + 1], k=k, max_len=max_len) for i in range(images)]
+
+    # Best of `repeats`: the machine is shared, the minimum is the least disturbed run.
+    t_batched, hyp = min((timed(batched, device) for _ in range(repeats)), key=lambda r: r[0])
+    t_single, singles = min((timed(per_image, device) for _ in range(repeats)), key=lambda r: r[0])
+    same = sum(
+        torch.equal(s.tokens[0, 0], hyp.tokens[i, 0, : s.tokens.shape[-1]]) for i, s in enumerate(singles)
+    )
+    model = (
+        f"{name}: D={size['encoder_dim']} L={size['locations']} H={size['hidden_dim']} V={size['vocab_size']}"
+    )
+    rows = []
+    for method, seconds in (("per-image", t_single), ("batched", t_batched)):
+        rows.append(
+            {
+                "model": model,
+                "method": method,
+                "images": images,
+                "k": k,
+                "max_len": max_len,
+                "steps": int(hyp.tokens.shape[-1]),
+                "seconds": round(seconds, 4),
+                "images_per_s": round(images / seconds, 2),
+                "speedup": round(t_single / seconds, 2),
+                "same_best_caption": same if method == "batched" else None,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    """Run the benchmark, print the table, write the JSON record."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--images", type=int, default=64)
+    parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--max-len", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "beam.json"))
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+
+    rows = [
+        r
+        for name in args.sizes
+        for r in bench_size(name, args.images, args.k, args.max_len, args.repeats, device)
+    ]
+    print(f"{'model':<42} {'method':<10} {'images':>6} {'seconds':>8} {'images/s':>9} {'speed-up':>8}")
+    for r in rows:
+        print(
+            f"{r['model']:<42} {r['method']:<10} {r['images']:>6} {r['seconds']:>8.3f} "
+            f"{r['images_per_s']:>9.2f} {r['speedup']:>7.2f}x"
+        )
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    record = {
+        "benchmark": "beam search, batched over images and beams vs one image per call (same function)",
+        "commit": commit or None,
+        "command": " ".join([Path(sys.executable).name, *sys.argv]),
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpu_count": os.cpu_count(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        },
+        # Shared machine: the 1/5/15-minute load average tells how disturbed the timings may be.
+        "load": os.getloadavg(),
+        "results": rows,
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    records = json.loads(out.read_text()) if out.is_file() else {}
+    records[device.type] = record
+    out.write_text(json.dumps(records, indent=2) + "\n")
+    print(f"wrote {out} [{device.type}]")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+"""Structured config schemas: every YAML in ``conf/`` is checked against these at start.
+
+A typo (``trainer.epoch=3``) or a wrong type (``trainer.epochs=ten``) fails before any work, naming
+the key. Each group's fields are the keyword arguments of the constructor the group feeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class EarlyStopConfig:
+    metric: str = "bleu4"
+    mode: str = "max"
+    patience: int = 0
+
+
+@dataclass
+class TrainerConfig:
+    epochs: int = 10
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    grad_clip: str = "norm"
+    clip_value: float = 5.0
+    accumulate: int = 1
+    val_every: int = 1
+    early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    cache_features: bool = True
+    encode_batch_size: int = 64
+    att_gamma: float = 1.0
+    att_reduction: str = "sum"
+    seed: int = 0
+    resume: str | None = None
+    log_every: int = 20
+    figures: int = 4
+
+
+@dataclass
+class LoggerConfig:
+    enabled: bool = True
+    tracking_uri: str = "sqlite:///mlflow.db"
+    experiment: str = MISSING
+    run_name: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class TeacherForcingConfig:
+    """kwargs of ``captioner.train.teacher_forcing.build_schedule``."""
+
+    name: str = "inv_sigmoid"
+    epochs: int = MISSING
+    k: float = 1.0
+    floor: float = 0.0
+    gamma: float = 0.9
+
+
+@dataclass
+class OptimizerConfig:
+    """kwargs of ``captioner.train.optim.build_optimizer``."""
+
+    name: str = "adamw"
+    encoder_lr: float = 1e-5
+    decoder_lr: float = 2e-3
+    embedding_lr: float | None = None
+    weight_decay: float = 1e-2
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+
+
+@dataclass
+class SchedulerConfig:
+    """kwargs of ``captioner.train.optim.build_scheduler`` (the loop adds the step counts)."""
+
+    name: str = "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 1e-3
+    factor: float = 0.5
+    patience: int = 2
+    gamma: float = 0.9
+    step_size: int = 1
+    n_cycles: int = 3
+    cycle_mult: float = 2.0
+    pct_start: float = 0.3
+
+
+@dataclass
+class SmoothingConfig:
+    """Label smoothing of the word cross-entropy (``caption_loss(smoothing=...)``)."""
+
+    value: float = 0.0
+
+
+@dataclass
+class PathsConfig:
+    root: str = "."
+    data_dir: str = "data"
+    shared: str = "../shared"
+    output_dir: str = "runs"
+
+
+@dataclass
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    data: Any = MISSING
+    encoder: Any = MISSING
+    decoder: Any = MISSING
+    tf: Any = MISSING
+    scheduler: Any = MISSING
+    smoothing: Any = MISSING
+    optimizer: Any = MISSING
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    decode: Any = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def register() -> None:
+    """Register the schemas under the names the YAML files' defaults lists use (``base_<group>``)."""
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=Config)
+    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    cs.store(group="tf", name="base_tf", node=TeacherForcingConfig)
+    cs.store(group="optimizer", name="base_optimizer", node=OptimizerConfig)
+    cs.store(group="scheduler", name="base_scheduler", node=SchedulerConfig)
+    cs.store(group="smoothing", name="base_smoothing", node=SmoothingConfig)
+    cs.store(group="paths", name="base_paths", node=PathsConfig)

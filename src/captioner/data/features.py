@@ -1,0 +1,183 @@
+"""A cache of frozen-encoder annotations, computed once per encoder setting and reused.
+
+Layout, under the prepared folder::
+
+    features/<key>/<split>.npy        fp16 (N, h, w, D), row i = image ids[i]
+    features/<key>/<split>.ids.json   the N image ids, in row order
+    features/<key>/meta.json          key fields + finished splits; written LAST, atomically
+
+``<key>`` hashes everything the features depend on: the encoder config dict, the image size, the
+eval transform, the prepared data's content hash and its image index (so re-preparing images at
+another size gives another key). Changing any of them selects a new folder; old ones stay untouched.
+A split counts only once meta.json lists it, so an interrupted computation is redone, never used.
+
+Only valid for a frozen encoder under the eval transform: augmentation or fine-tuning would change
+the features every step. Under DDP call ``ensure`` on rank 0 first, then barrier, then on the others.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from captioner.data.records import (
+    IMAGES_INDEX,
+    content_hash,
+    read_annotations,
+    read_json,
+    read_manifest,
+    write_json_atomic,
+)
+from captioner.errors import ConfigError, DataError
+
+META = "meta.json"
+
+
+class FeatureReader:
+    """Cached annotations by image id: ``reader[image_id]`` -> fp16 tensor (h, w, D)."""
+
+    def __init__(self, folder: str | Path, splits: Sequence[str]):
+        self.folder = Path(folder)
+        self.splits = list(splits)
+        self._where: dict[str, tuple[str, int]] = {}
+        for split in self.splits:
+            ids = read_json(self.folder / f"{split}.ids.json", "feature ids")
+            self._where.update((image_id, (split, row)) for row, image_id in enumerate(ids))
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def __getstate__(self) -> dict:
+        # Memory maps would be pickled as full copies into every DataLoader worker; reopen instead.
+        return {**self.__dict__, "_arrays": {}}
+
+    def _array(self, split: str) -> np.ndarray:
+        if split not in self._arrays:
+            self._arrays[split] = np.load(self.folder / f"{split}.npy", mmap_mode="r")
+        return self._arrays[split]
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def __getitem__(self, image_id: str) -> torch.Tensor:
+        if image_id not in self._where:
+            raise DataError(f"image {image_id!r} is not in the feature cache {self.folder}")
+        split, row = self._where[image_id]
+        return torch.from_numpy(np.array(self._array(split)[row]))
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(h, w, D) of one image's annotations."""
+        return tuple(self._array(self.splits[0]).shape[1:])
+
+
+class FeatureCache:
+    """Frozen-encoder features of a prepared dataset for one encoder setting (see module doc)."""
+
+    def __init__(self, root: str | Path, encoder_key: dict, image_size: int = 224, num_workers: int = 0):
+        if encoder_key.get("finetune") or encoder_key.get("fine_tune"):
+            raise ConfigError(
+                "feature caching needs a frozen encoder but encoder.finetune=true; "
+                "set encoder.finetune=false or data.cache_features=false"
+            )
+        from captioner.data.transforms import build_eval_transform
+
+        self.root = Path(root)
+        self.image_size = image_size
+        self.num_workers = num_workers
+        self.transform = build_eval_transform(image_size)
+        manifest = read_manifest(self.root)
+        index = self.root / IMAGES_INDEX
+        self.key_fields = {
+            "encoder": encoder_key,
+            "image_size": image_size,
+            "transform": repr(self.transform),
+            "data": manifest.get("content_hash") or content_hash(read_annotations(self.root)),
+            "images": hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else None,
+        }
+        blob = json.dumps(self.key_fields, sort_keys=True, default=str).encode()
+        self.key = hashlib.sha256(blob).hexdigest()[:16]
+        self.folder = self.root / "features" / self.key
+
+    def done_splits(self) -> list[str]:
+        """Splits whose features are complete (listed in meta.json)."""
+        if not (self.folder / META).exists():
+            return []
+        return list(read_json(self.folder / META, "feature cache meta")["splits"])
+
+    def ensure(
+        self,
+        encoder: nn.Module,
+        split: str | Sequence[str],
+        batch_size: int = 64,
+        device: str | torch.device = "cpu",
+        progress: bool = True,
+    ) -> FeatureReader:
+        """Compute the missing splits with ``encoder``; return a reader over every finished split."""
+        trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
+        if trainable:
+            raise ConfigError(
+                f"cannot cache features of an encoder with trainable parameters ({trainable[0]}, ...): "
+                "they would change during training; freeze it (encoder.finetune=false, no trainable "
+                "encoder_dim projection), cache only its frozen part, or set data.cache_features=false"
+            )
+        splits = [split] if isinstance(split, str) else list(split)
+        missing = [s for s in splits if s not in self.done_splits()]
+        if missing:
+            was_training = encoder.training
+            encoder.eval()
+            try:
+                for s in missing:
+                    self._compute(encoder, s, batch_size, torch.device(device), progress)
+            finally:
+                encoder.train(was_training)
+        return FeatureReader(self.folder, self.done_splits())
+
+    def _compute(
+        self, encoder: nn.Module, split: str, batch_size: int, device: torch.device, progress: bool
+    ) -> None:
+        from captioner.data.dataset import ImageDataset, collate_images
+
+        dataset = ImageDataset(self.root, split, self.transform)
+        loader = DataLoader(
+            dataset, batch_size=batch_size, num_workers=self.num_workers, collate_fn=collate_images
+        )
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"{split}.npy"
+        tmp = self.folder / f".{split}.npy.{os.getpid()}.tmp"
+        out = None
+        try:
+            with torch.inference_mode():
+                row = 0
+                for batch in tqdm(loader, desc=f"features {split}", disable=not progress):
+                    feats = encoder(batch["images"].to(device))
+                    if feats.dim() != 4:
+                        raise ConfigError(
+                            f"encoder returned shape {tuple(feats.shape)}; caching needs (B, h, w, D) annotations"
+                        )
+                    feats = feats.to(torch.float16).cpu().numpy()
+                    if out is None:
+                        shape = (len(dataset), *feats.shape[1:])
+                        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
+                    out[row : row + len(feats)] = feats
+                    row += len(feats)
+            out.flush()
+            del out
+            os.replace(tmp, final)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        write_json_atomic(self.folder / f"{split}.ids.json", [r.id for r in dataset.records])
+        # meta.json last: only now does this split count as cached.
+        splits = sorted(set(self.done_splits()) | {split})
+        write_json_atomic(self.folder / META, {"key": self.key, **self.key_fields, "splits": splits})

@@ -1,0 +1,105 @@
+"""Wire datasets, the bucket sampler and transforms into the train loader and one loader per eval split."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from captioner.data.dataset import CaptionDataset, ImageDataset, collate_captions, collate_images
+from captioner.data.features import FeatureReader
+from captioner.data.records import read_annotations
+from captioner.data.sampler import BucketBatchSampler
+from captioner.data.transforms import build_eval_transform, build_train_transform
+from captioner.data.vocab import Vocab
+from captioner.errors import ConfigError, require
+
+AUGMENT_DEFAULTS = {
+    k: p.default for k, p in inspect.signature(build_train_transform).parameters.items() if k != "image_size"
+}
+AUGMENT_KEYS = tuple(AUGMENT_DEFAULTS)
+
+
+def _augments_anything(augment: dict) -> bool:
+    a = AUGMENT_DEFAULTS | augment
+    return a["crop_scale_min"] < 1.0 or any(a[k] > 0 for k in AUGMENT_KEYS if k != "crop_scale_min")
+
+
+def build_loaders(
+    root: str | Path,
+    vocab: Vocab,
+    batch_size: int,
+    image_size: int = 224,
+    max_len: int = 30,
+    num_workers: int = 0,
+    bucket: bool = True,
+    augment: dict | None = None,
+    features: FeatureReader | None = None,
+    distributed: tuple[int, int] = (1, 0),
+    seed: int = 0,
+    eval_splits: Sequence[str] | None = None,
+    eval_batch_size: int | None = None,
+    drop_last: bool = False,
+) -> tuple[DataLoader, dict[str, DataLoader]]:
+    """Train loader (bucketed, sharded over ``distributed=(num_replicas, rank)``) and eval loaders.
+
+    ``augment`` holds :func:`build_train_transform`'s keyword arguments. With ``features`` (cached
+    frozen-encoder annotations) no image is read and augmentation must be off. Eval loaders cover
+    ``eval_splits`` (default: every split but train), are not sharded and keep dataset order; the
+    train sampler is ``train_loader.batch_sampler`` (call ``set_epoch``; save its state to resume).
+    """
+    augment = dict(augment or {})
+    unknown = sorted(set(augment) - set(AUGMENT_KEYS))
+    require(not unknown, f"unknown augment keys {unknown}; valid keys: {list(AUGMENT_KEYS)}")
+    if features is not None and _augments_anything(augment):
+        raise ConfigError(
+            f"cached features are eval-transform features, so augment={augment} would be ignored; "
+            "turn augmentation off (hflip=0, color_jitter=0, noise_std=0, optical_strength=0, "
+            "crop_scale_min=1) or disable the feature cache"
+        )
+    num_replicas, rank = distributed
+    require(num_workers >= 0, f"num_workers={num_workers} must be >= 0")
+    pin = torch.cuda.is_available()
+    common = {"num_workers": num_workers, "pin_memory": pin, "persistent_workers": num_workers > 0}
+
+    train = CaptionDataset(
+        root,
+        "train",
+        vocab,
+        max_len,
+        transform=None if features is not None else build_train_transform(image_size, **augment),
+        features=features,
+    )
+    sampler = BucketBatchSampler(
+        train.lengths,
+        batch_size,
+        shuffle=True,
+        seed=seed,
+        num_replicas=num_replicas,
+        rank=rank,
+        drop_last=drop_last,
+        bucket=bucket,
+    )
+    # Seeds the workers' RNG (flips, crops, jitter): reproducible, and different per rank.
+    generator = torch.Generator().manual_seed(seed * 1000 + rank)
+    train_loader = DataLoader(
+        train, batch_sampler=sampler, collate_fn=collate_captions, generator=generator, **common
+    )
+
+    if eval_splits is None:
+        eval_splits = sorted({r.split for r in read_annotations(root)} - {"train"})
+    eval_transform = build_eval_transform(image_size)
+    eval_loaders = {
+        split: DataLoader(
+            ImageDataset(root, split, eval_transform, features),
+            batch_size=eval_batch_size or batch_size,
+            shuffle=False,
+            collate_fn=collate_images,
+            **common,
+        )
+        for split in eval_splits
+    }
+    return train_loader, eval_loaders

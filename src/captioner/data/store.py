@@ -1,0 +1,114 @@
+"""A compact image store: one file of encoded image bytes plus a JSON index (fast to open and read).
+
+One file instead of thousands of small ones loads faster, copies in one go and is easy to check.
+The index maps ``image_id -> [offset, length, width, height]``; the bytes are JPEG or PNG.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from captioner.data.records import IMAGES_BIN, IMAGES_INDEX, read_json, write_json_atomic
+from captioner.errors import DataError
+
+
+class ImageStoreWriter:
+    """Append encoded images, then ``close()`` to publish ``images.bin`` + ``images.json`` atomically."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.root / f".{IMAGES_BIN}.{os.getpid()}.tmp"
+        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._index: dict[str, list[int]] = {}
+        self._offset = 0
+
+    def add(self, image_id: str, data: bytes, width: int, height: int) -> None:
+        """Append one encoded image (its bytes as they should be decoded later)."""
+        if image_id in self._index:
+            raise DataError(f"image id {image_id!r} added twice to the image store; ids must be unique")
+        self._file.write(data)
+        self._index[image_id] = [self._offset, len(data), int(width), int(height)]
+        self._offset += len(data)
+
+    def add_pil(self, image_id: str, image: Image.Image, fmt: str = "JPEG", quality: int = 90) -> None:
+        """Encode a PIL image (JPEG by default, PNG for lossless) and append it."""
+        buf = io.BytesIO()
+        image.save(buf, format=fmt, **({"quality": quality} if fmt.upper() == "JPEG" else {}))
+        self.add(image_id, buf.getvalue(), image.width, image.height)
+
+    def close(self) -> None:
+        """Flush the bytes, then write the index; the store exists only once both are complete."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
+        self._file.close()
+        os.replace(self._tmp, self.root / IMAGES_BIN)
+        write_json_atomic(self.root / IMAGES_INDEX, self._index)
+
+    def abort(self) -> None:
+        """Drop everything written so far."""
+        self._file.close()
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self) -> ImageStoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class ImageStore:
+    """Read-only access to a store; safe to use from DataLoader workers (opens lazily per process)."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / IMAGES_INDEX).exists() or not (self.root / IMAGES_BIN).exists():
+            raise DataError(
+                f"{self.root} has no image store ({IMAGES_BIN} + {IMAGES_INDEX}); "
+                "prepare the data in image mode (prepare.images=true)"
+            )
+        self.index: dict[str, list[int]] = read_json(self.root / IMAGES_INDEX, "image index")
+        self._file = None
+        self._pid = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self.index
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_file": None, "_pid": None}
+
+    def read_bytes(self, image_id: str) -> bytes:
+        """The encoded bytes of one image."""
+        if image_id not in self.index:
+            raise DataError(f"image {image_id!r} is not in the store {self.root}; re-run prepare")
+        if self._file is None or self._pid != os.getpid():
+            self._file = open(self.root / IMAGES_BIN, "rb")  # noqa: SIM115 - one handle per process
+            self._pid = os.getpid()
+        offset, length = self.index[image_id][:2]
+        self._file.seek(offset)
+        return self._file.read(length)
+
+    def pil(self, image_id: str) -> Image.Image:
+        """Decode one image as RGB PIL."""
+        return Image.open(io.BytesIO(self.read_bytes(image_id))).convert("RGB")
+
+    def tensor(self, image_id: str) -> torch.Tensor:
+        """Decode one image as a uint8 tensor (3, H, W)."""
+        return torch.from_numpy(np.asarray(self.pil(image_id)).copy()).permute(2, 0, 1)
+
+    def size(self, image_id: str) -> tuple[int, int]:
+        """(width, height) without decoding."""
+        w, h = self.index[image_id][2:4]
+        return w, h

@@ -1,0 +1,98 @@
+"""Image transforms (torchvision.transforms.v2): the seed's weak training augmentations and the eval resize.
+
+Both take a uint8 ``(3, H, W)`` tensor (``ImageStore.tensor``) or a PIL image and return a float
+``(3, S, S)`` tensor in [0, 1]; ImageNet normalisation happens inside the encoder.
+
+Horizontal flip is NOT part of these pipelines: a flip changes what "left" and "right" mean in the
+caption, so :class:`captioner.data.dataset.CaptionDataset` draws the flip itself and flips the words
+with it. The training transform only carries the probability (``TrainTransform.hflip``).
+
+On the shapes benchmark, crops and optical (affine/perspective) distortions can move or cut objects,
+so its ground-truth boxes no longer match the image exactly; fine for training, never used for eval.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision.transforms import v2
+
+from captioner.errors import require
+
+# At optical_strength=1 the distortions reach these bounds; the seed's useful range is about 0..0.3.
+MAX_DEGREES, MAX_TRANSLATE, MAX_SCALE, MAX_SHEAR, MAX_PERSPECTIVE = 30.0, 0.2, 0.2, 15.0, 0.5
+
+
+class TrainTransform(nn.Module):
+    """The training pipeline plus the horizontal-flip probability the dataset applies itself."""
+
+    def __init__(self, pipeline: v2.Compose, hflip: float):
+        super().__init__()
+        self.pipeline = pipeline
+        self.hflip = hflip
+
+    def forward(self, image) -> torch.Tensor:
+        """uint8 (3,H,W) tensor or PIL image -> augmented float (3,S,S) in [0, 1] (no flip)."""
+        return self.pipeline(image)
+
+    def extra_repr(self) -> str:
+        return f"hflip={self.hflip}"
+
+
+def _resize(image_size: int, crop_scale_min: float) -> nn.Module:
+    # A plain resize to S x S (no centre crop) so nothing a caption mentions is cut off at the border.
+    if crop_scale_min >= 1.0:
+        return v2.Resize((image_size, image_size), antialias=True)
+    return v2.RandomResizedCrop(image_size, scale=(crop_scale_min, 1.0), antialias=True)
+
+
+def build_train_transform(
+    image_size: int,
+    hflip: float = 0.5,
+    color_jitter: float = 0.1,
+    noise_std: float = 0.0,
+    optical_strength: float = 0.0,
+    crop_scale_min: float = 0.9,
+) -> TrainTransform:
+    """Weak crop, optical distortion of strength s, colour jitter and Gaussian noise (flip: see module doc)."""
+    require(image_size >= 16, f"image_size={image_size} is too small; use >= 16 (224 is the usual)")
+    require(0.0 <= hflip <= 1.0, f"augment.hflip={hflip} is a probability; use a value in [0, 1]")
+    require(0.0 <= color_jitter <= 1.0, f"augment.color_jitter={color_jitter} out of range; use [0, 1]")
+    require(0.0 <= noise_std <= 1.0, f"augment.noise_std={noise_std} out of range; use [0, 1] (0 = off)")
+    require(
+        0.0 <= optical_strength <= 1.0,
+        f"augment.optical_strength={optical_strength} out of range; use [0, 1] (0 = off, seed used 0.2)",
+    )
+    require(
+        0.08 <= crop_scale_min <= 1.0,
+        f"augment.crop_scale_min={crop_scale_min} out of range; use [0.08, 1] (1 = plain resize)",
+    )
+    steps: list[nn.Module] = [v2.ToImage(), _resize(image_size, crop_scale_min)]
+    if optical_strength > 0:
+        s = optical_strength
+        steps += [
+            v2.RandomPerspective(distortion_scale=MAX_PERSPECTIVE * s, p=0.5),
+            v2.RandomAffine(
+                degrees=MAX_DEGREES * s,
+                translate=(MAX_TRANSLATE * s, MAX_TRANSLATE * s),
+                scale=(1 - MAX_SCALE * s, 1 + MAX_SCALE * s),
+                shear=MAX_SHEAR * s,
+            ),
+        ]
+    steps.append(v2.ToDtype(torch.float32, scale=True))
+    if color_jitter > 0:
+        c = color_jitter
+        # ColorJitter's hue must stay in [0, 0.5]; hue shifts are stronger than the rest, so half.
+        steps.append(v2.ColorJitter(brightness=c, contrast=c, saturation=c, hue=min(c / 2, 0.5)))
+    if noise_std > 0:
+        steps.append(v2.GaussianNoise(sigma=noise_std, clip=True))
+    steps.append(v2.ToPureTensor())
+    return TrainTransform(v2.Compose(steps), hflip)
+
+
+def build_eval_transform(image_size: int) -> v2.Compose:
+    """Deterministic resize to (S, S) and conversion to float [0, 1]."""
+    require(image_size >= 16, f"image_size={image_size} is too small; use >= 16 (224 is the usual)")
+    return v2.Compose(
+        [v2.ToImage(), _resize(image_size, 1.0), v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()]
+    )

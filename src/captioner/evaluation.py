@@ -1,0 +1,117 @@
+"""Decode a split and score it: text metrics for every dataset, grounding metrics for shapes."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from captioner.data.records import ImageRecord
+from captioner.data.vocab import Vocab
+from captioner.train.distributed import SINGLE, DistInfo, gather_objects
+
+# Validation runs every epoch: METEOR (a Java process) is kept for the final test evaluation.
+VALIDATION_METRICS = ("bleu", "rouge_l", "cider_d")
+TEST_METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
+
+
+@dataclass
+class SplitResult:
+    """Predictions and scores of one split (scores only on rank 0)."""
+
+    metrics: dict[str, float]
+    captions: dict[str, list[str]]  # image id -> best caption words
+    alphas: dict[str, np.ndarray] = field(default_factory=dict)  # image id -> (T, L) of the best caption
+    grid: tuple[int, int] = (0, 0)
+
+
+def decode_kwargs(decode_cfg: Mapping[str, Any], temperature: float | None) -> dict[str, Any]:
+    """The decode config as kwargs of ``captioner.decode.decode``; applies the fitted temperature if asked."""
+    kwargs = dict(decode_cfg)
+    calibrated = kwargs.pop("calibrated", False)
+    if calibrated and temperature:
+        kwargs["temperature"] = kwargs.get("temperature", 1.0) * temperature
+    return kwargs
+
+
+@torch.inference_mode()
+def evaluate_split(
+    model: torch.nn.Module,
+    loader: torch.utils.data.DataLoader,
+    vocab: Vocab,
+    records: Mapping[str, ImageRecord],
+    decode_cfg: Mapping[str, Any],
+    device: torch.device,
+    dist_info: DistInfo = SINGLE,
+    autocast: AbstractContextManager | None = None,
+    temperature: float | None = None,
+    keep_alphas: int | None = None,
+    metrics: tuple[str, ...] = VALIDATION_METRICS,
+) -> SplitResult:
+    """Decode every image of ``loader`` with ``decode_cfg`` and score against all references.
+
+    Grounding metrics are added when the records carry shapes ground truth (``meta["objects"]``).
+    Under DDP each rank decodes its shard and rank 0 scores the gathered captions.
+    """
+    from captioner.decode import decode, hypotheses_to_words
+    from captioner.metrics import score_captions
+
+    model.eval()
+    kwargs = decode_kwargs(decode_cfg, temperature)
+    captions: dict[str, list[str]] = {}
+    alphas: dict[str, np.ndarray] = {}
+    grid = (0, 0)
+    for batch in loader:
+        with autocast or nullcontext():
+            if "features" in batch:  # cached (B, h, w, D) encoder maps
+                fmap = batch["features"].to(device, non_blocking=True).float()
+                grid = (fmap.shape[1], fmap.shape[2])
+                annotations = fmap.reshape(fmap.shape[0], -1, fmap.shape[-1])
+            else:
+                annotations, grid = model.encode(batch["images"].to(device, non_blocking=True))
+            hyp = decode(model.decoder, annotations.float(), **kwargs)
+        words = hypotheses_to_words(hyp, vocab)
+        for i, image_id in enumerate(batch["image_ids"]):
+            captions[image_id] = words[i]
+            if keep_alphas is None or len(alphas) < keep_alphas:
+                n = len(words[i])
+                alphas[image_id] = hyp.alphas[i, 0, :n].float().cpu().numpy()
+    parts = gather_objects((captions, alphas), dist_info)
+    captions = {k: v for c, _ in parts for k, v in c.items()}
+    alphas = {k: v for _, a in parts for k, v in a.items()}
+    scores: dict[str, float] = {}
+    if dist_info.is_main:
+        ids = sorted(captions)
+        scores = score_captions([captions[i] for i in ids], [records[i].tokens for i in ids], metrics)
+        if all("objects" in records[i].meta for i in ids):
+            scores.update(grounding_metrics(ids, captions, alphas, grid, records))
+    return SplitResult(scores, captions, alphas, grid)
+
+
+def grounding_metrics(
+    ids: list[str],
+    captions: Mapping[str, list[str]],
+    alphas: Mapping[str, np.ndarray],
+    grid: tuple[int, int],
+    records: Mapping[str, ImageRecord],
+) -> dict[str, float]:
+    """Object P/R/F1, exact-scene accuracy and attention pointing for shapes (0-1 scale)."""
+    from captioner.metrics.grounding import attention_scores, object_scores
+
+    metas = [records[i].meta for i in ids]
+    out = dict(object_scores([captions[i] for i in ids], metas))
+    with_alpha = [i for i in ids if i in alphas]
+    if with_alpha:
+        out.update(
+            attention_scores(
+                [captions[i] for i in with_alpha],
+                [alphas[i] for i in with_alpha],
+                grid,
+                [records[i].meta for i in with_alpha],
+            )
+        )
+    return out

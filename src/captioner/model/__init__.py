@@ -1,0 +1,19 @@
+"""Show, Attend and Tell model: encoder zoo, soft attention, LSTM decoder, loss and calibration."""
+
+from captioner.model.calibration import fit_temperature
+from captioner.model.captioner import Captioner
+from captioner.model.decoder import Decoder, DecoderOutput, load_glove
+from captioner.model.encoder import ARCHS, Encoder, build_encoder
+from captioner.model.loss import caption_loss
+
+__all__ = [
+    "ARCHS",
+    "Captioner",
+    "Decoder",
+    "DecoderOutput",
+    "Encoder",
+    "build_encoder",
+    "caption_loss",
+    "fit_temperature",
+    "load_glove",
+]

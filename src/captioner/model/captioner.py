@@ -1,0 +1,61 @@
+"""The full Show, Attend and Tell model: an optional CNN encoder plus the attention decoder."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from captioner.errors import ConfigError, require
+from captioner.model.decoder import Decoder, DecoderOutput
+from captioner.model.encoder import Encoder
+
+
+class Captioner(nn.Module):
+    """Encoder + decoder; ``encoder=None`` for training on cached features only."""
+
+    def __init__(self, encoder: Encoder | None, decoder: Decoder):
+        super().__init__()
+        require(
+            encoder is None or encoder.out_dim == decoder.encoder_dim,
+            f"decoder.encoder_dim={decoder.encoder_dim} does not match the encoder's out_dim="
+            f"{encoder.out_dim if encoder is not None else None}; set decoder.encoder_dim from the encoder",
+        )
+        self.encoder = encoder
+        self.decoder = decoder
+
+    def encode(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Images (B,3,H,W) -> annotations (B,L=h*w,D) and the grid (h, w) to unflatten alphas."""
+        require(self.encoder is not None, "Captioner has no encoder; pass cached features (B,h,w,D) instead")
+        fmap = self.encoder(images)
+        b, h, w, d = fmap.shape
+        return fmap.reshape(b, h * w, d), (h, w)
+
+    def is_features(self, x: Tensor) -> bool:
+        """Whether a 4-dim input is a cached feature map (B,h,w,D) rather than images (B,3,H,W)."""
+        if self.encoder is None:
+            return True
+        d = self.decoder.encoder_dim
+        looks_images, looks_features = x.shape[1] == 3, x.shape[-1] == d
+        if looks_images != looks_features:
+            return looks_features
+        raise ConfigError(
+            f"input of shape {tuple(x.shape)} could be images (B,3,H,W) or features (B,h,w,{d}); "
+            "pass features=True or features=False to Captioner.forward"
+        )
+
+    def forward(
+        self, inputs: Tensor, captions: Tensor, teacher_forcing: float = 1.0, features: bool | None = None
+    ) -> DecoderOutput:
+        """Teacher-forced pass from images (B,3,H,W) or cached features (B,h,w,D).
+
+        ``features=None`` infers the kind from the shape (channels-first with 3 channels = images,
+        last dim == decoder.encoder_dim = features) and raises if both readings fit; pass it explicitly
+        to skip the guess.
+        """
+        require(inputs.dim() == 4, f"Captioner input must be 4-dim, got shape {tuple(inputs.shape)}")
+        if features is None:
+            features = self.is_features(inputs)
+        if features:
+            annotations = inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])
+        else:
+            annotations, _ = self.encode(inputs)
+        return self.decoder(annotations, captions, teacher_forcing)

@@ -1,0 +1,227 @@
+"""LSTM decoder with soft attention, beta gate and deep output (paper Sec. 3.1.2, Eq. 1-7)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from captioner.errors import ConfigError, DataError, require
+from captioner.model.attention import SoftAttention
+
+BETA_GATES = ("scalar", "channel", "none")
+
+State = tuple[Tensor, Tensor]
+
+
+@dataclass
+class DecoderOutput:
+    """Per-step outputs of a teacher-forced pass: ``logits`` (B,T-1,V) predict captions[:, 1:]."""
+
+    logits: Tensor
+    alphas: Tensor  # (B, T-1, L) attention weights of each step
+
+
+def _positive_int(name: str, value: object) -> None:
+    require(isinstance(value, int) and value > 0, f"decoder.{name}={value!r} must be a positive int")
+
+
+def load_glove(embedding: nn.Embedding, path: str | Path, itos: Sequence[str]) -> int:
+    """Copy GloVe-format vectors ("word v1 ... vE" per line) into ``embedding`` rows; returns words found.
+
+    Words missing from the file keep their random initialisation.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(
+            f"decoder.pretrained_embeddings={str(path)!r}: file not found; give a GloVe text file"
+        )
+    dim = embedding.embedding_dim
+    stoi = {w: i for i, w in enumerate(itos)}
+    found = 0
+    with torch.no_grad(), path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            word, *values = line.rstrip().split(" ")
+            if word not in stoi:
+                continue
+            if len(values) != dim:
+                raise ConfigError(
+                    f"decoder.pretrained_embeddings={str(path)!r} line {lineno} has {len(values)} values, "
+                    f"decoder.embed_dim={dim}; set embed_dim to the file's dimension"
+                )
+            embedding.weight[stoi[word]] = torch.tensor([float(v) for v in values])
+            found += 1
+    return found
+
+
+class Decoder(nn.Module):
+    """Attention LSTM over annotations (B,L,D) producing next-word logits, one step at a time.
+
+    Weight tying makes the output projection's weight the embedding's Parameter (same storage, both
+    paths train it). With deep output the projection is L_o (E -> V), so any sizes tie; without it the
+    projection reads the hidden state, so tying needs ``hidden_dim == embed_dim`` (ConfigError otherwise,
+    rather than a hidden extra projection).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        encoder_dim: int,
+        embed_dim: int = 256,
+        hidden_dim: int = 256,
+        attention_dim: int = 256,
+        num_layers: int = 1,
+        dropout: float = 0.5,
+        deep_output: bool = True,
+        beta_gate: str = "scalar",
+        tie_weights: bool = False,
+        embed_max_norm: float | None = None,
+        pretrained_embeddings: str | None = None,
+        freeze_embeddings: bool = False,
+        vocab_itos: Sequence[str] | None = None,
+    ):
+        super().__init__()
+        for name, value in [
+            ("vocab_size", vocab_size),
+            ("encoder_dim", encoder_dim),
+            ("embed_dim", embed_dim),
+            ("hidden_dim", hidden_dim),
+            ("attention_dim", attention_dim),
+            ("num_layers", num_layers),
+        ]:
+            _positive_int(name, value)
+        require(0.0 <= dropout < 1.0, f"decoder.dropout={dropout!r} must be in [0, 1)")
+        require(
+            beta_gate in BETA_GATES,
+            f"decoder.beta_gate={beta_gate!r} is unknown; valid: {', '.join(BETA_GATES)}",
+        )
+        require(
+            not (tie_weights and not deep_output and hidden_dim != embed_dim),
+            f"decoder.tie_weights=true without deep_output needs hidden_dim == embed_dim, got "
+            f"hidden_dim={hidden_dim}, embed_dim={embed_dim}; make them equal or set deep_output=true",
+        )
+        require(
+            not (tie_weights and freeze_embeddings),
+            "decoder.tie_weights=true with freeze_embeddings=true would also freeze the output layer; "
+            "set one of them false",
+        )
+        require(
+            embed_max_norm is None or embed_max_norm > 0,
+            f"decoder.embed_max_norm={embed_max_norm!r} must be > 0 or null",
+        )
+        require(
+            pretrained_embeddings is None or (vocab_itos is not None and len(vocab_itos) == vocab_size),
+            f"decoder.pretrained_embeddings={pretrained_embeddings!r} needs vocab_itos (the vocabulary's "
+            f"{vocab_size} words) passed to the Decoder",
+        )
+        self.vocab_size = vocab_size
+        self.encoder_dim = encoder_dim
+        self.embed_dim = embed_dim
+        self.hidden_dim = hidden_dim
+        self.num_layers = num_layers
+        self.deep_output = deep_output
+        self.beta_gate = beta_gate
+        self.tie_weights = tie_weights
+        self.embed_max_norm = embed_max_norm
+
+        self.embedding = nn.Embedding(vocab_size, embed_dim)
+        # Small init keeps tied logits near zero at the start (N(0,1) rows give huge logits).
+        nn.init.uniform_(self.embedding.weight, -0.1, 0.1)
+        if pretrained_embeddings is not None:
+            load_glove(self.embedding, pretrained_embeddings, vocab_itos)
+        self.embedding.weight.requires_grad_(not freeze_embeddings)
+
+        self.attention = SoftAttention(encoder_dim, hidden_dim, attention_dim)
+        # h0, c0 from the mean annotation through separate MLPs (Sec. 3.1.2), one per LSTM layer.
+        self.init_h = nn.Linear(encoder_dim, num_layers * hidden_dim)
+        self.init_c = nn.Linear(encoder_dim, num_layers * hidden_dim)
+        gate_dim = {"scalar": 1, "channel": encoder_dim, "none": 0}[beta_gate]
+        self.f_beta = (
+            nn.Linear(hidden_dim, gate_dim) if gate_dim else None
+        )  # beta = sigmoid(f_beta(h)), Sec. 4.2.1
+        self.lstm = nn.LSTM(
+            embed_dim + encoder_dim, hidden_dim, num_layers, dropout=dropout if num_layers > 1 else 0.0
+        )
+        self.dropout = nn.Dropout(dropout)
+        if deep_output:  # Eq. 7: p(y_t) ~ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))
+            self.L_h = nn.Linear(hidden_dim, embed_dim)
+            self.L_z = nn.Linear(encoder_dim, embed_dim)
+            self.L_o = nn.Linear(embed_dim, vocab_size)
+        else:
+            self.L_o = nn.Linear(hidden_dim, vocab_size)
+        if tie_weights:
+            self.L_o.weight = self.embedding.weight
+
+    def embed(self, words: Tensor) -> Tensor:
+        """E y for word ids (B,) -> (B,E); rows longer than ``embed_max_norm`` are scaled down.
+
+        Done out of place rather than via nn.Embedding(max_norm=...), whose in-place renorm of the
+        weight breaks autograd when that weight is also the tied output projection.
+        """
+        e = self.embedding(words)
+        if self.embed_max_norm is not None:
+            e = e * (self.embed_max_norm / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+        return e
+
+    def project(self, annotations: Tensor) -> Tensor:
+        """Attention's annotation projection W_a a, (B,L,D) -> (B,L,A); once per image."""
+        return self.attention.project(annotations)
+
+    def init_state(self, annotations: Tensor) -> State:
+        """h0, c0 (num_layers,B,H) each, from tanh MLPs of the mean annotation (Sec. 3.1.2)."""
+        mean = annotations.mean(dim=1)
+        b = mean.shape[0]
+        h = torch.tanh(self.init_h(mean)).view(b, self.num_layers, self.hidden_dim).transpose(0, 1)
+        c = torch.tanh(self.init_c(mean)).view(b, self.num_layers, self.hidden_dim).transpose(0, 1)
+        return h.contiguous(), c.contiguous()
+
+    def step(
+        self, words: Tensor, state: State, annotations: Tensor, projected: Tensor
+    ) -> tuple[Tensor, Tensor, State]:
+        """One time step: previous words (B,) -> next-word logits (B,V), alpha (B,L), new state."""
+        h, c = state
+        emb = self.embed(words)
+        context, alpha = self.attention(annotations, projected, h[-1])  # z_t from h_{t-1}, Eq. 4-6
+        if self.f_beta is not None:
+            context = torch.sigmoid(self.f_beta(h[-1])) * context  # beta gate, Sec. 4.2.1
+        out, (h, c) = self.lstm(torch.cat([emb, context], dim=-1).unsqueeze(0), (h, c))
+        h_t = out.squeeze(0)
+        if self.deep_output:
+            logits = self.L_o(self.dropout(emb + self.L_h(h_t) + self.L_z(context)))
+        else:
+            logits = self.L_o(self.dropout(h_t))
+        return logits, alpha, (h, c)
+
+    def forward(self, annotations: Tensor, captions: Tensor, teacher_forcing: float = 1.0) -> DecoderOutput:
+        """Predict captions[:, 1:] from captions[:, :-1], with scheduled sampling (Bengio et al. 2015).
+
+        At each step t > 0 every sequence feeds the ground-truth previous word with probability
+        ``teacher_forcing`` (epsilon), else its own previous argmax (detached).
+        """
+        require(0.0 <= teacher_forcing <= 1.0, f"teacher_forcing={teacher_forcing!r} must be in [0, 1]")
+        require(
+            captions.dim() == 2 and captions.shape[1] >= 2,
+            f"captions must be (B,T) with T >= 2 (<start> + a word), got shape {tuple(captions.shape)}",
+            DataError,
+        )
+        projected = self.project(annotations)
+        state = self.init_state(annotations)
+        words = captions[:, 0]
+        logits, alphas = [], []
+        for t in range(captions.shape[1] - 1):
+            if t > 0 and teacher_forcing < 1.0:
+                predicted = logits[-1].detach().argmax(dim=-1)
+                if teacher_forcing <= 0.0:
+                    words = predicted
+                else:  # torch.rand (global RNG) so seeding the run makes it reproducible
+                    use_truth = torch.rand(words.shape[0], device=words.device) < teacher_forcing
+                    words = torch.where(use_truth, captions[:, t], predicted)
+            elif t > 0:
+                words = captions[:, t]
+            step_logits, alpha, state = self.step(words, state, annotations, projected)
+            logits.append(step_logits)
+            alphas.append(alpha)
+        return DecoderOutput(logits=torch.stack(logits, dim=1), alphas=torch.stack(alphas, dim=1))

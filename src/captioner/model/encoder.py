@@ -1,0 +1,196 @@
+"""CNN encoder: a torchvision ImageNet classifier with its head cut off, giving annotation vectors."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchvision import models
+
+from captioner.errors import DataError, require
+
+# The torchvision zoo the seed project supports (its README list, same names as torchvision).
+ARCHS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "squeezenet1_0",
+    "squeezenet1_1",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "densenet161",
+    "shufflenet_v2_x0_5",
+    "shufflenet_v2_x1_0",
+    "shufflenet_v2_x1_5",
+    "shufflenet_v2_x2_0",
+    "mobilenet_v2",
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "mnasnet0_5",
+    "mnasnet0_75",
+    "mnasnet1_0",
+    "mnasnet1_3",
+)
+
+# Pinned weights where DEFAULT is not the file we ship offline: ../shared/weights holds
+# mobilenet_v2-b0353104.pth (IMAGENET1K_V1), while torchvision's DEFAULT is V2 (another file).
+PINNED_WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Trailing classifier-head modules dropped from families without a `features`/`layers` trunk.
+_HEAD_TYPES = (nn.Linear, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Flatten)
+
+
+def pretrained_weights(arch: str) -> models.WeightsEnum:
+    """The torchvision weights entry `pretrained=true` loads for ``arch`` (ConfigError if none)."""
+    require(arch in ARCHS, f"encoder.arch={arch!r} is unknown; valid: {', '.join(ARCHS)}")
+    try:
+        enum = models.get_model_weights(arch)
+    except ValueError:
+        enum = None
+    name = PINNED_WEIGHTS.get(arch, "DEFAULT")
+    require(
+        enum is not None and hasattr(enum, name),
+        f"encoder.arch={arch} has no pretrained ImageNet weights in this torchvision; "
+        "set encoder.pretrained=false or pick another arch",
+    )
+    return getattr(enum, name)
+
+
+def _load_classifier(arch: str, pretrained: bool) -> nn.Module:
+    """Build the torchvision classifier, turning a failed offline download into one line."""
+    if not pretrained:
+        return models.get_model(arch, weights=None)
+    weights = pretrained_weights(arch)
+    try:
+        return models.get_model(arch, weights=weights)
+    except OSError as err:  # urllib.error.URLError and socket errors are OSErrors
+        file = weights.url.rsplit("/", 1)[-1]
+        folder = f"{torch.hub.get_dir()}/checkpoints/"
+        hint = "run `make weights`, or " if arch == "mobilenet_v2" else ""
+        raise DataError(
+            f"encoder.arch={arch}: pretrained weights file {file} is not in {folder} ($TORCH_HOME/hub/"
+            f"checkpoints/) and could not be downloaded ({type(err).__name__}); {hint}put the file there, "
+            "or set encoder.pretrained=false"
+        ) from None
+
+
+def _trunk(net: nn.Module) -> nn.Module:
+    """The convolutional trunk of a torchvision classifier: everything before global pooling."""
+    if isinstance(net, models.DenseNet):
+        # DenseNet applies its final ReLU in forward(), not inside `features`.
+        return nn.Sequential(net.features, nn.ReLU(inplace=False))
+    if hasattr(net, "features"):  # squeezenet, mobilenet_v2/v3
+        return net.features
+    if hasattr(net, "layers"):  # mnasnet
+        return net.layers
+    children = list(net.children())  # resnet/resnext/wide_resnet, shufflenet_v2
+    while children and isinstance(children[-1], _HEAD_TYPES):
+        children.pop()
+    return nn.Sequential(*children)
+
+
+class Encoder(nn.Module):
+    """Images (B,3,H,W) in [0,1] -> channels-last annotations (B,h,w,D) (paper Sec. 3.1.1).
+
+    ``encoder_dim`` adds a new (always trainable) 1x1 conv to D channels; ``encoder_size`` average-pools
+    down or bilinearly upsamples the map to S x S. Without it a non-square image gives an h x w map.
+    The backbone is frozen (requires_grad off, BatchNorm in eval) unless fine-tuning is active; the
+    training loop calls ``set_finetune(finetune and step >= finetune_start_step)``.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        pretrained: bool = True,
+        encoder_dim: int | None = None,
+        encoder_size: int | None = None,
+        finetune: bool = False,
+        finetune_start_step: int = 0,
+    ):
+        super().__init__()
+        require(arch in ARCHS, f"encoder.arch={arch!r} is unknown; valid: {', '.join(ARCHS)}")
+        require(
+            encoder_dim is None or (isinstance(encoder_dim, int) and encoder_dim > 0),
+            f"encoder.encoder_dim={encoder_dim!r} must be a positive int or null (keep the CNN's channels)",
+        )
+        require(
+            encoder_size is None or (isinstance(encoder_size, int) and encoder_size > 0),
+            f"encoder.encoder_size={encoder_size!r} must be a positive int or null (keep the CNN's grid)",
+        )
+        require(
+            isinstance(finetune_start_step, int) and finetune_start_step >= 0,
+            f"encoder.finetune_start_step={finetune_start_step!r} must be an int >= 0",
+        )
+        self.arch = arch
+        self.pretrained = pretrained
+        self.finetune = bool(finetune)
+        self.finetune_start_step = finetune_start_step
+        self.encoder_size = encoder_size
+        self.backbone = _trunk(_load_classifier(arch, pretrained))
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.backbone_dim = self._probe_channels()
+        self.project = nn.Conv2d(self.backbone_dim, encoder_dim, kernel_size=1) if encoder_dim else None
+        self.out_dim: int = encoder_dim or self.backbone_dim
+        self.finetune_active = True
+        self.set_finetune(self.finetune and finetune_start_step == 0)
+
+    @torch.no_grad()
+    def _probe_channels(self) -> int:
+        """Backbone output channels, found by a dry forward (no table to keep in sync with torchvision)."""
+        was_training = self.backbone.training
+        self.backbone.eval()  # eval so the probe does not touch BatchNorm running stats
+        channels = self.backbone(torch.zeros(1, 3, 64, 64)).shape[1]
+        self.backbone.train(was_training)
+        return int(channels)
+
+    def set_finetune(self, active: bool) -> None:
+        """Make the backbone trainable (active) or frozen with BatchNorm statistics fixed."""
+        self.finetune_active = bool(active)
+        for p in self.backbone.parameters():
+            p.requires_grad_(self.finetune_active)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> Encoder:
+        """Set train/eval mode; a frozen backbone stays in eval so BatchNorm stats never drift."""
+        super().train(mode)
+        if not self.finetune_active:
+            self.backbone.eval()
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        """(B,3,H,W) float in [0,1] -> (B,h,w,D) annotation map, channels last."""
+        x = (images - self.mean) / self.std
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.finetune_active):
+            x = self.backbone(x)  # frozen: no graph through the backbone, saves activation memory
+        if self.project is not None:
+            x = self.project(x)
+        if self.encoder_size is not None:
+            s = self.encoder_size
+            if x.shape[-2] >= s and x.shape[-1] >= s:
+                x = F.adaptive_avg_pool2d(x, (s, s))
+            else:
+                x = F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False)
+        return x.permute(0, 2, 3, 1).contiguous()
+
+
+def build_encoder(
+    arch: str,
+    pretrained: bool = True,
+    encoder_dim: int | None = None,
+    encoder_size: int | None = None,
+    finetune: bool = False,
+    finetune_start_step: int = 0,
+) -> Encoder:
+    """Build the encoder from the ``encoder`` config group (keys map 1:1 to these kwargs)."""
+    return Encoder(arch, pretrained, encoder_dim, encoder_size, finetune, finetune_start_step)

@@ -1,0 +1,1 @@
+"""Training: the loop, teacher-forcing schedules, optimisers and LR schedules, checkpoints, distributed setup."""

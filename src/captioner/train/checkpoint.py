@@ -1,0 +1,80 @@
+"""Checkpoints: written atomically, loadable with ``weights_only=True``, portable (no absolute paths).
+
+A checkpoint is a plain dict of tensors and primitives: model / optimizer / scheduler / scaler
+states, RNG states, epoch and step, the vocabulary and the resolved config.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import random
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from captioner.data.records import write_atomic
+from captioner.errors import CheckpointError
+
+FORMAT = "captioner/1"
+
+
+def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
+    """Serialise to memory, then write to a temporary name and rename (never a half-written file)."""
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, **state}, buf)
+    write_atomic(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint safely (``weights_only=True``), with one-line errors for the usual problems."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}; check the path (runs keep best.pt and last.pt)")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(
+            f"checkpoint {path} is truncated, corrupt or not a captioner checkpoint ({first[:160]}); "
+            "use another one (best.pt / last.pt) or retrain"
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path} is not a {FORMAT} checkpoint (format={found!r}); "
+            "pass a checkpoint written by captioner's train.py"
+        )
+    return state
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG the loop draws from, as tensors and primitives (weights_only-safe)."""
+    np_state = np.random.get_state()
+    state = {
+        "python": repr(random.getstate()),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore the RNGs saved by :func:`rng_state`."""
+    import ast
+
+    random.setstate(_to_tuple(ast.literal_eval(state["python"])))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(obj: Any) -> Any:
+    return tuple(_to_tuple(o) for o in obj) if isinstance(obj, list | tuple) else obj

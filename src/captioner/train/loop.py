@@ -1,0 +1,350 @@
+"""The training loop, top to bottom: data, model, optimiser, epochs, validation, checkpoints, test.
+
+Plain PyTorch in the shape of torchvision's reference ``train.py``: CUDA AMP with GradScaler (fp16)
+or bf16 autocast, exact resume from ``last.pt``, torchrun DDP, MLflow on rank 0 only.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm import tqdm
+
+from captioner.data.records import ImageRecord, read_annotations, write_json_atomic
+from captioner.data.vocab import Vocab
+from captioner.errors import CaptionerError, CheckpointError, ConfigError
+from captioner.evaluation import TEST_METRICS, SplitResult, evaluate_split
+from captioner.train import checkpoint as ckpt
+from captioner.train.distributed import all_reduce_mean, broadcast_object, cleanup, init_distributed
+from captioner.train.setup import (
+    autocast_context,
+    build_data,
+    build_model,
+    ensure_prepared,
+    resolve_device,
+    resolve_precision,
+    update_finetune,
+)
+
+
+class TrainingError(CaptionerError):
+    """Training cannot go on (NaN loss); the last good checkpoint is named in the message."""
+
+
+@dataclass
+class Progress:
+    """Loop counters saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_validations: int = 0
+    run_id: str | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+    """Train with the composed config; returns the final metrics (also written to ``metrics.json``)."""
+    from captioner.model.loss import caption_loss
+    from captioner.tracking import build_tracker
+    from captioner.train.optim import build_optimizer, build_scheduler, clip_gradients
+    from captioner.train.teacher_forcing import build_schedule
+
+    t = cfg.trainer
+    device = resolve_device(t.device)
+    dist_info = init_distributed(device.type)
+    if dist_info.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    precision = resolve_precision(t.precision, device)
+    run_dir = Path(run_dir)
+
+    # Resume: the checkpoint decides the run folder, and its config must match this one.
+    state = _load_resume(t.resume) if t.resume else None
+    if state is not None:
+        run_dir = Path(t.resume) if Path(t.resume).is_dir() else Path(t.resume).parent
+    seed_everything(t.seed)
+
+    data_root = ensure_prepared(cfg.data, dist_info)
+    vocab = Vocab.load(data_root / "vocab.json")
+    records = {r.id: r for r in read_annotations(data_root)}
+    model = build_model(cfg.encoder, cfg.decoder, vocab).to(device)
+    if t.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    data = build_data(cfg, data_root, vocab, model, device, dist_info)
+    if state is not None:
+        _check_resume_compatible(state, vocab, cfg)
+        model.load_state_dict(state["model"])
+
+    optimizer = build_optimizer(model, **cfg.optimizer)
+    steps_per_epoch = math.ceil(len(data.train) / t.accumulate)
+    scheduler = build_scheduler(
+        optimizer, total_steps=steps_per_epoch * t.epochs, steps_per_epoch=steps_per_epoch, **cfg.scheduler
+    )
+    tf_schedule = build_schedule(**cfg.tf)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    progress = Progress()
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        progress = Progress(**state["progress"])
+        ckpt.set_rng_state(state["rng"])
+
+    train_model = model
+    if dist_info.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    if t.compile:
+        train_model = torch.compile(train_model)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    tracker = build_tracker(
+        enabled=dist_info.is_main and cfg.logger.enabled,
+        tracking_uri=cfg.logger.tracking_uri,
+        experiment=cfg.logger.experiment,
+        run_name=cfg.logger.run_name,
+        params=resolved,
+        tags=dict(cfg.logger.tags or {}),
+        run_id=progress.run_id,
+    )
+    progress.run_id = tracker.run_id
+    if dist_info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "config.json", resolved, indent=2)
+        if state is None:
+            tracker.log_artifact(run_dir / "config.json")
+
+    autocast = autocast_context(device, precision)
+    loss_kwargs = dict(smoothing=cfg.smoothing.value, att_gamma=t.att_gamma, att_reduction=t.att_reduction)
+    status = "FAILED"
+    try:
+        for epoch in range(progress.epoch, t.epochs):
+            data.set_epoch(epoch)
+            train_model.train()
+            bar = tqdm(
+                data.train, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not dist_info.is_main, leave=False
+            )
+            seen, started, running = 0, time.perf_counter(), 0.0
+            for i, batch in enumerate(bar):
+                eps = tf_schedule.epsilon(epoch + i / len(data.train))
+                update_finetune(model, progress.step)
+                inputs = data.inputs(batch, device)
+                captions = batch["captions"].to(device, non_blocking=True)
+                last_micro = (i + 1) % t.accumulate == 0 or i + 1 == len(data.train)
+                sync = nullcontext() if last_micro or not dist_info.enabled else train_model.no_sync()
+                with sync:
+                    with autocast:
+                        out = train_model(inputs, captions, teacher_forcing=eps, features=data.cached)
+                        loss, parts = caption_loss(out, captions, **loss_kwargs)
+                    if not torch.isfinite(loss):
+                        raise TrainingError(
+                            f"loss became {loss.item()} at epoch {epoch + 1}, step {progress.step}; "
+                            f"the last good checkpoint is {run_dir / 'last.pt'}; lower the learning rates "
+                            "(optimizer.decoder_lr) or clip gradients (trainer.grad_clip=norm)"
+                        )
+                    scaler.scale(loss / t.accumulate).backward()
+                if not last_micro:
+                    continue
+                scaler.unscale_(optimizer)
+                grad_norm = clip_gradients(model.parameters(), t.grad_clip, t.clip_value)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step_batch()
+                progress.step += 1
+                seen += captions.shape[0]
+                running = 0.9 * running + 0.1 * loss.item() if running else loss.item()
+                bar.set_postfix(
+                    loss=f"{running:.3f}",
+                    eps=f"{eps:.2f}",
+                    cap_s=f"{seen / (time.perf_counter() - started):.0f}",
+                )
+                if progress.step % t.log_every == 0:
+                    lrs = {f"lr.{g.get('name', j)}": g["lr"] for j, g in enumerate(optimizer.param_groups)}
+                    tracker.log_metrics(
+                        {
+                            "train.loss": loss.item(),
+                            **{f"train.{k}": float(v) for k, v in parts.items()},
+                            "train.epsilon": eps,
+                            "train.grad_norm": grad_norm,
+                            **lrs,
+                        },
+                        step=progress.step,
+                    )
+            scheduler.step_epoch()
+            progress.epoch = epoch + 1
+            train_loss = all_reduce_mean(running, dist_info)
+            summary = f"epoch {progress.epoch}/{t.epochs} loss {train_loss:.3f} {seen / (time.perf_counter() - started):.0f} captions/s"
+
+            stop = False
+            if progress.epoch % t.val_every == 0 or progress.epoch == t.epochs:
+                result = evaluate_split(
+                    model,
+                    data.eval["val"],
+                    vocab,
+                    records,
+                    cfg.decode,
+                    device,
+                    dist_info,
+                    autocast,
+                    keep_alphas=None if _has_ground_truth(records) else 0,
+                )
+                metric = broadcast_object(result.metrics.get(t.early_stop.metric), dist_info)
+                if metric is None:
+                    raise ConfigError(
+                        f"trainer.early_stop.metric={t.early_stop.metric!r} is not computed; "
+                        f"choose one of {sorted(result.metrics)}"
+                    )
+                scheduler.step_validation(metric)
+                improved = progress.best is None or (
+                    metric > progress.best if t.early_stop.mode == "max" else metric < progress.best
+                )
+                if improved:
+                    progress.best, progress.best_epoch, progress.bad_validations = metric, progress.epoch, 0
+                else:
+                    progress.bad_validations += 1
+                stop = t.early_stop.patience > 0 and progress.bad_validations >= t.early_stop.patience
+                tracker.log_metrics({f"val.{k}": v for k, v in result.metrics.items()}, step=progress.step)
+                shown = {
+                    k: result.metrics[k] for k in ("bleu4", "cider_d", "object_f1") if k in result.metrics
+                }
+                summary += " | val " + " ".join(f"{k} {v:.3g}" for k, v in shown.items())
+                summary += " (best)" if improved else f" (best {progress.best:.3g} @ {progress.best_epoch})"
+                if improved and dist_info.is_main:
+                    ckpt.save_checkpoint(
+                        run_dir / "best.pt",
+                        _state(model, optimizer, scheduler, scaler, progress, vocab, resolved),
+                    )
+            if dist_info.is_main:
+                ckpt.save_checkpoint(
+                    run_dir / "last.pt",
+                    _state(model, optimizer, scheduler, scaler, progress, vocab, resolved),
+                )
+                tqdm.write(summary)
+            if stop:
+                tqdm.write(
+                    f"early stop: no {t.early_stop.metric} improvement in {t.early_stop.patience} validations"
+                )
+                break
+
+        final = _final_evaluation(
+            cfg, model, data, vocab, records, device, dist_info, autocast, run_dir, tracker
+        )
+        status = "FINISHED"
+        return final
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.finish(status)
+        cleanup(dist_info)
+
+
+def _has_ground_truth(records: dict[str, ImageRecord]) -> bool:
+    return any("objects" in r.meta for r in records.values())
+
+
+def _state(
+    model, optimizer, scheduler, scaler, progress: Progress, vocab: Vocab, resolved: dict
+) -> dict[str, Any]:
+    """Everything needed to continue exactly, or to caption with no other file."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": ckpt.rng_state(),
+        "progress": asdict(progress),
+        "vocab": vocab.itos,
+        "config": resolved,
+    }
+
+
+def _load_resume(resume: str) -> dict[str, Any]:
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "last.pt"
+    return ckpt.load_checkpoint(path)
+
+
+def _check_resume_compatible(state: dict[str, Any], vocab: Vocab, cfg: DictConfig) -> None:
+    if state["vocab"] != vocab.itos:
+        raise CheckpointError(
+            "the checkpoint's vocabulary does not match the data's vocab.json; resume with the same data config"
+        )
+    saved = state["config"]
+    for key in ("encoder", "decoder"):
+        now = OmegaConf.to_container(cfg[key], resolve=True)
+        if saved.get(key) != now:
+            raise CheckpointError(
+                f"the checkpoint was trained with another {key} config ({saved.get(key)} vs {now}); "
+                f"resume with the same {key} settings"
+            )
+
+
+def _final_evaluation(
+    cfg, model, data, vocab, records, device, dist_info, autocast, run_dir, tracker
+) -> dict:
+    """Reload the best weights, score the test splits, write metrics.json and attention figures."""
+    from captioner.viz import attention_figure
+
+    best = run_dir / "best.pt"
+    if best.exists():
+        model.load_state_dict(ckpt.load_checkpoint(best, map_location=device)["model"])
+    results: dict[str, SplitResult] = {}
+    for split in ("test", "test_novel"):
+        if split in data.eval:
+            results[split] = evaluate_split(
+                model,
+                data.eval[split],
+                vocab,
+                records,
+                cfg.decode,
+                device,
+                dist_info,
+                autocast,
+                metrics=TEST_METRICS,
+            )
+    if not dist_info.is_main:
+        return {}
+    final = {split: r.metrics for split, r in results.items()}
+    tracker.log_metrics({f"{s}.{k}": v for s, m in final.items() for k, v in m.items()}, step=0)
+    shown = next(iter(results.values()), None)
+    if shown is not None and shown.alphas:
+        figures = run_dir / "figures"
+        for image_id in sorted(shown.alphas)[: cfg.trainer.figures]:
+            words = shown.captions[image_id]
+            image = data.image(image_id)
+            path = attention_figure(
+                image,
+                words,
+                shown.alphas[image_id],
+                shown.grid,
+                figures / f"{image_id}.png",
+                title=" ".join(words),
+            )
+            tracker.log_artifact(path, "figures")
+        first = sorted(shown.alphas)[0]
+        print(f"caption for test image {first}: {' '.join(shown.captions[first])}")
+        print(f"attention figure: {figures / (first + '.png')}")
+    for split, m in final.items():
+        print(f"{split}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()))
+    print(f"checkpoints and metrics in {run_dir}")
+    return final

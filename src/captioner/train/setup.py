@@ -1,0 +1,176 @@
+"""Build what the loop needs from the config: device, precision, prepared data, model, loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from captioner.data.records import MANIFEST
+from captioner.data.vocab import Vocab
+from captioner.errors import ConfigError, DataError
+from captioner.train.distributed import SINGLE, DistInfo
+
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+NO_AUGMENT = {
+    "hflip": 0.0,
+    "color_jitter": 0.0,
+    "noise_std": 0.0,
+    "optical_strength": 0.0,
+    "crop_scale_min": 1.0,
+}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when present; an unavailable CUDA device is a one-line error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(
+            f"trainer.device={name} but CUDA is not available here; use trainer.device=cpu or auto"
+        )
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: fp16 mixed precision on CUDA, fp32 on CPU (this CPU has no native bf16: autocast is ~3x slower)."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not one of {PRECISIONS}")
+    if precision == "auto":
+        return "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("trainer.precision=fp16 needs CUDA (GradScaler); on CPU use fp32 or bf16")
+    return precision
+
+
+def autocast_context(device: torch.device, precision: str) -> AbstractContextManager:
+    """``torch.autocast`` for fp16/bf16 as the AMP docs prescribe; a no-op for fp32."""
+    if precision == "fp32":
+        return nullcontext()
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def ensure_prepared(data_cfg: DictConfig, dist_info: DistInfo = SINGLE) -> Path:
+    """The prepared data folder; the generated shapes set is made on first use, real data must be prepared."""
+    root = Path(data_cfg.root)
+    if (root / MANIFEST).exists():
+        return root
+    if data_cfg.prepare.format != "shapes":
+        raise DataError(
+            f"prepared data not found at {root}; run `python -m captioner.prepare data={data_cfg.name}` first"
+        )
+    if dist_info.is_main:
+        from captioner.data.prepare import prepare_dataset
+
+        print(f"generating the shapes benchmark into {root} (once)")
+        prepare_dataset(out=root, **OmegaConf.to_container(data_cfg.prepare, resolve=True))
+    if dist_info.enabled:
+        torch.distributed.barrier()
+    return root
+
+
+def build_model(
+    encoder_cfg: Mapping[str, Any], decoder_cfg: Mapping[str, Any], vocab: Vocab
+) -> torch.nn.Module:
+    """Encoder from the ``encoder`` group, decoder from the ``decoder`` group sized to the vocabulary."""
+    from captioner.model.captioner import Captioner
+    from captioner.model.decoder import Decoder
+    from captioner.model.encoder import build_encoder
+
+    encoder = build_encoder(**_plain(encoder_cfg))
+    decoder = Decoder(
+        vocab_size=len(vocab), encoder_dim=encoder.out_dim, **_plain(decoder_cfg), vocab_itos=vocab.itos
+    )
+    return Captioner(encoder, decoder)
+
+
+def update_finetune(model: torch.nn.Module, step: int) -> None:
+    """Start fine-tuning the encoder once ``finetune_start_step`` is reached."""
+    enc = getattr(model, "encoder", None)
+    if enc is not None and enc.finetune:
+        enc.set_finetune(step >= enc.finetune_start_step)
+
+
+def _plain(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+
+
+@dataclass
+class Data:
+    """Loaders and helpers the loop uses; ``features`` is set when training on cached encoder features."""
+
+    train: torch.utils.data.DataLoader
+    eval: dict[str, torch.utils.data.DataLoader]
+    root: Path
+    cached: bool = False
+    store: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reshuffle deterministically for ``epoch`` (bucket sampler, DDP shards)."""
+        sampler = self.train.batch_sampler
+        if hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch)
+
+    def inputs(self, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
+        """Images or cached features of a batch, on ``device``."""
+        x = batch["features"] if self.cached else batch["images"]
+        return x.to(device, non_blocking=True).float()
+
+    def image(self, image_id: str) -> np.ndarray:
+        """The stored image (H, W, 3) uint8, for figures."""
+        return np.asarray(self.store.pil(image_id))
+
+
+def build_data(
+    cfg: DictConfig,
+    root: Path,
+    vocab: Vocab,
+    model: torch.nn.Module,
+    device: torch.device,
+    dist_info: DistInfo,
+) -> Data:
+    """Loaders for train and every eval split; frozen encoders train on an fp16 feature cache."""
+    from captioner.data.features import FeatureCache
+    from captioner.data.loaders import build_loaders
+    from captioner.data.store import ImageStore
+
+    loader_cfg = _plain(cfg.data.loader)
+    encoder = model.encoder
+    cached = bool(cfg.trainer.cache_features) and not encoder.finetune
+    features = None
+    if cached:
+        from captioner.data.records import read_annotations
+
+        splits = sorted({r.split for r in read_annotations(root)})
+        cache = FeatureCache(root, _plain(cfg.encoder), loader_cfg["image_size"], loader_cfg["num_workers"])
+        if dist_info.is_main:  # one rank encodes, the others wait and read
+            cache.ensure(encoder, splits, cfg.trainer.encode_batch_size, device)
+        if dist_info.enabled:
+            torch.distributed.barrier()
+        features = cache.ensure(encoder, splits, cfg.trainer.encode_batch_size, device)
+    augment = _plain(cfg.data.augment)
+    if cached:  # cached features are of un-augmented images
+        augment = NO_AUGMENT
+        if dist_info.is_main:
+            print(
+                "training on cached frozen-encoder features: image augmentation is off (trainer.cache_features=false to augment)"
+            )
+    train, evals = build_loaders(
+        root,
+        vocab,
+        augment=augment,
+        features=features,
+        distributed=(dist_info.world_size, dist_info.rank),
+        seed=cfg.trainer.seed,
+        **loader_cfg,
+    )
+    return Data(train=train, eval=evals, root=root, cached=cached, store=ImageStore(root))

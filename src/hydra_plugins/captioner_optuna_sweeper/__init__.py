@@ -1,0 +1,40 @@
+"""Optuna sweeper for Hydra on current Optuna/SQLAlchemy, registered as `hydra/sweeper: optuna`.
+
+A task launched by the sweeper finds its study and trial in these environment variables (set
+through `hydra.job.env_set`, so they reach the task under every launcher); `sweep_trial()` turns
+them into an `optuna.Trial` for reporting intermediate values to the pruner.
+"""
+
+import os
+from typing import Any
+
+ENV_STUDY = "CAPTIONER_SWEEP_STUDY"
+ENV_TRIAL = "CAPTIONER_SWEEP_TRIAL"
+
+
+def sweep_trial() -> Any:
+    """The running task's `optuna.Trial` (with the sweep's pruner), or None outside a sweep.
+
+    Use: `trial.report(value, step)`, then `if trial.should_prune(): raise optuna.TrialPruned()`;
+    the sweeper records that trial as PRUNED.
+    """
+    if ENV_TRIAL not in os.environ:
+        return None
+    import optuna
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    from captioner.errors import require
+    from hydra_plugins.captioner_optuna_sweeper._impl import make_storage
+
+    sweeper = HydraConfig.get().sweeper
+    require(
+        sweeper.storage is not None,
+        "hydra.sweeper.storage: null (in memory) cannot be shared with the task; set a URL",
+    )
+    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
+    storage = make_storage(sweeper.storage)
+    study = optuna.load_study(study_name=os.environ[ENV_STUDY], storage=storage, pruner=pruner)
+    number = int(os.environ[ENV_TRIAL])
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    return optuna.Trial(study, trial_id)

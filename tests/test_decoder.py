@@ -1,0 +1,150 @@
+"""Decoder: shapes, weight tying, scheduled sampling, GloVe loading and config validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from captioner.errors import ConfigError
+from captioner.model import Captioner, Decoder, build_encoder, load_glove
+from captioner.model.loss import caption_loss
+
+V, D, L = 12, 6, 5
+
+
+def tiny(**kwargs) -> Decoder:
+    torch.manual_seed(0)
+    base = dict(vocab_size=V, encoder_dim=D, embed_dim=8, hidden_dim=8, attention_dim=4, dropout=0.0)
+    return Decoder(**{**base, **kwargs})
+
+
+def batch(b: int = 3, t: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    annotations = torch.rand(b, L, D, generator=g)
+    captions = torch.randint(4, V, (b, t), generator=g)
+    captions[:, 0] = 1  # <start>
+    captions[0, 4:] = 0  # a shorter caption, padded
+    return annotations, captions
+
+
+@pytest.mark.parametrize("beta_gate", ["scalar", "channel", "none"])
+@pytest.mark.parametrize("num_layers", [1, 2])
+def test_shapes_and_attention_is_a_distribution(beta_gate: str, num_layers: int) -> None:
+    dec = tiny(beta_gate=beta_gate, num_layers=num_layers)
+    annotations, captions = batch()
+    h, c = dec.init_state(annotations)
+    assert h.shape == c.shape == (num_layers, 3, 8)
+    out = dec(annotations, captions)
+    assert out.logits.shape == (3, 5, V) and out.alphas.shape == (3, 5, L)
+    assert torch.allclose(out.alphas.sum(-1), torch.ones(3, 5))
+
+
+@pytest.mark.parametrize("deep_output", [True, False])
+def test_tied_weights_share_storage_and_embedding_learns(deep_output: bool) -> None:
+    dec = tiny(tie_weights=True, deep_output=deep_output, embed_max_norm=1.0)
+    assert dec.L_o.weight.data_ptr() == dec.embedding.weight.data_ptr()
+    assert dec.embedding.weight.requires_grad
+    assert sum(p is dec.embedding.weight for p in dec.parameters()) == 1  # counted once by optimisers
+    annotations, captions = batch()
+    before = dec.embedding.weight.detach().clone()
+    opt = torch.optim.SGD(dec.parameters(), lr=0.5)
+    loss, _ = caption_loss(dec(annotations, captions), captions)
+    loss.backward()
+    grad = dec.embedding.weight.grad
+    assert grad is not None and grad[captions[:, :-1].unique()].abs().sum() > 0
+    opt.step()
+    assert not torch.equal(before, dec.embedding.weight)
+    assert dec.L_o.weight.data_ptr() == dec.embedding.weight.data_ptr()
+
+
+def _manual_rollout(dec: Decoder, annotations, captions, feed_truth: bool) -> torch.Tensor:
+    projected, state = dec.project(annotations), dec.init_state(annotations)
+    words, logits = captions[:, 0], []
+    for t in range(captions.shape[1] - 1):
+        step_logits, _, state = dec.step(words, state, annotations, projected)
+        logits.append(step_logits)
+        words = captions[:, t + 1] if feed_truth else step_logits.argmax(-1)
+    return torch.stack(logits, 1)
+
+
+@pytest.mark.parametrize("teacher_forcing, feed_truth", [(0.0, False), (1.0, True)])
+def test_scheduled_sampling_extremes_match_step_loop(teacher_forcing: float, feed_truth: bool) -> None:
+    dec = tiny().eval()
+    annotations, captions = batch()
+    with torch.no_grad():
+        out = dec(annotations, captions, teacher_forcing=teacher_forcing)
+        expected = _manual_rollout(dec, annotations, captions, feed_truth)
+        other = _manual_rollout(dec, annotations, captions, not feed_truth)
+    assert torch.allclose(out.logits, expected, atol=1e-6)
+    assert not torch.allclose(out.logits, other, atol=1e-4)
+
+
+def test_scheduled_sampling_mixes_per_sequence_and_is_seeded() -> None:
+    dec = tiny().eval()
+    annotations, captions = batch(b=16, t=8)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        first = dec(annotations, captions, teacher_forcing=0.5).logits
+        torch.manual_seed(7)
+        second = dec(annotations, captions, teacher_forcing=0.5).logits
+        truth = dec(annotations, captions, teacher_forcing=1.0).logits
+        own = dec(annotations, captions, teacher_forcing=0.0).logits
+    assert torch.equal(first, second)
+    assert not torch.allclose(first, truth) and not torch.allclose(first, own)
+
+
+def test_captioner_accepts_images_or_cached_features() -> None:
+    enc = build_encoder("shufflenet_v2_x0_5", pretrained=False, encoder_dim=D, encoder_size=2).eval()
+    model = Captioner(enc, tiny()).eval()
+    images = torch.rand(2, 3, 64, 64)
+    _, captions = batch(b=2)
+    with torch.no_grad():
+        fmap = enc(images)
+        from_images = model(images, captions)
+        from_features = model(fmap, captions)
+        explicit = model(fmap, captions, features=True)
+    assert torch.allclose(from_images.logits, from_features.logits, atol=1e-6)
+    assert torch.equal(from_features.logits, explicit.logits)
+    ambiguous = torch.rand(2, 3, 4, D)
+    with pytest.raises(ConfigError, match="features=True"):
+        model(ambiguous, captions)
+
+
+def test_load_glove_copies_known_words(tmp_path) -> None:
+    path = tmp_path / "glove.txt"
+    path.write_text("dog 1 2 3 4 5 6 7 8\nzebra 0 0 0 0 0 0 0 1\ncat 8 7 6 5 4 3 2 1\n")
+    itos = ["<pad>", "<start>", "<end>", "<unk>", "cat", "dog"] + [f"w{i}" for i in range(V - 6)]
+    dec = tiny(pretrained_embeddings=str(path), vocab_itos=itos, freeze_embeddings=True)
+    assert torch.equal(dec.embedding.weight[5], torch.arange(1.0, 9.0))
+    assert torch.equal(dec.embedding.weight[4], torch.arange(8.0, 0.0, -1.0))
+    assert not dec.embedding.weight.requires_grad
+    assert load_glove(dec.embedding, path, itos) == 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"beta_gate": "vector"}, "scalar, channel, none"),
+        ({"tie_weights": True, "deep_output": False, "hidden_dim": 16}, "hidden_dim == embed_dim"),
+        ({"tie_weights": True, "freeze_embeddings": True}, "freeze_embeddings"),
+        ({"vocab_size": None}, "vocab_size=None"),
+        ({"dropout": 1.0}, "dropout=1.0"),
+        ({"pretrained_embeddings": "glove.txt"}, "vocab_itos"),
+    ],
+)
+def test_bad_decoder_config_is_one_line_error(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        tiny(**kwargs)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["sat", "small"])
+def test_decoder_configs_build(name: str) -> None:
+    path = Path(__file__).resolve().parents[1] / "conf" / "decoder" / f"{name}.yaml"
+    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    dec = Decoder(**{**cfg, "vocab_size": 50, "encoder_dim": 32})
+    out = dec(torch.rand(2, 4, 32), torch.randint(1, 50, (2, 5)))
+    assert out.logits.shape == (2, 4, 50)

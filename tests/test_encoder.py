@@ -1,0 +1,167 @@
+"""Encoder zoo: every arch yields annotations, pretrained weights load offline, freezing works."""
+
+from __future__ import annotations
+
+import inspect
+import urllib.error
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch import nn
+
+from captioner.errors import ConfigError, DataError
+from captioner.model import ARCHS, Captioner, Decoder, Encoder, build_encoder
+
+SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
+WEIGHTS = SHARED / "weights" / "mobilenet_v2-b0353104.pth"
+
+# Heavy archs (slow to build/run on CPU); each family keeps a fast member in the default run.
+HEAVY = {"resnet101", "resnet152", "resnext101_32x8d", "wide_resnet50_2", "wide_resnet101_2", "densenet161"}
+HEAVY |= {"densenet201", "densenet169"}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any download attempt fails like an offline machine would."""
+
+    def offline(url, *args, **kwargs):
+        raise urllib.error.URLError(f"offline test: refused {url}")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+
+
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=pytest.mark.slow) if a in HEAVY else a for a in ARCHS]
+)
+def test_every_arch_yields_annotations(arch: str) -> None:
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 224, 224)
+    plain = build_encoder(arch, pretrained=False).eval()
+    with torch.no_grad():
+        fmap = plain(images)
+    b, h, w, d = fmap.shape
+    assert (b, d) == (2, plain.out_dim) and h == w and h >= 1
+    assert torch.isfinite(fmap).all()
+
+    sized = build_encoder(arch, pretrained=False, encoder_dim=16, encoder_size=3).eval()
+    model = Captioner(
+        sized, Decoder(vocab_size=10, encoder_dim=16, embed_dim=8, hidden_dim=8, attention_dim=8)
+    )
+    with torch.no_grad():
+        annotations, grid = model.encode(images)
+    assert annotations.shape == (2, 9, 16) and grid == (3, 3)
+
+
+def test_non_square_input_and_upsampling() -> None:
+    enc = build_encoder("shufflenet_v2_x0_5", pretrained=False).eval()
+    with torch.no_grad():
+        assert enc(torch.rand(1, 3, 224, 320)).shape[1:3] == (7, 10)
+    up = build_encoder("shufflenet_v2_x0_5", pretrained=False, encoder_size=12).eval()
+    with torch.no_grad():
+        assert up(torch.rand(1, 3, 224, 320)).shape[1:3] == (12, 12)
+
+
+def test_mobilenet_v2_pretrained_loads_offline_file(tmp_path, monkeypatch, no_network) -> None:
+    if not WEIGHTS.is_file():
+        pytest.skip(f"offline weights not found at {WEIGHTS} (clone ../shared beside the repo)")
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    (checkpoints / WEIGHTS.name).symlink_to(WEIGHTS.resolve())
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+
+    enc = build_encoder("mobilenet_v2", pretrained=True)
+    state = torch.load(WEIGHTS, map_location="cpu", weights_only=True)
+    first_conv = enc.backbone[0][0].weight
+    assert torch.equal(first_conv, state["features.0.0.weight"])
+    file_sum = sum(v.double().sum() for k, v in state.items() if k.startswith("features."))
+    enc_sum = sum(v.double().sum() for v in enc.backbone.state_dict().values())
+    assert torch.isclose(enc_sum, file_sum)
+    assert enc.out_dim == 1280
+
+
+def test_missing_weights_is_one_line_error(tmp_path, monkeypatch, no_network) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(DataError) as err:
+        build_encoder("mobilenet_v2", pretrained=True)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "mobilenet_v2-b0353104.pth" in msg and "hub/checkpoints" in msg
+    assert "make weights" in msg and "encoder.pretrained=false" in msg
+
+
+def _batchnorm_stats(enc: Encoder) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in enc.backbone.state_dict().items()}
+
+
+def _one_step(enc: Encoder) -> None:
+    params = [p for p in enc.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.1)
+    enc.train()
+    loss = enc(torch.rand(2, 3, 64, 64)).pow(2).mean()
+    loss.backward()
+    opt.step()
+
+
+def test_finetune_updates_backbone() -> None:
+    torch.manual_seed(0)
+    enc = build_encoder("mobilenet_v3_small", pretrained=False, finetune=True)
+    before = _batchnorm_stats(enc)
+    _one_step(enc)
+    after = enc.backbone.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any(k.endswith("weight") for k in changed) and any(k.endswith("running_mean") for k in changed)
+
+
+def test_frozen_backbone_and_batchnorm_stay_fixed_in_train_mode() -> None:
+    torch.manual_seed(0)
+    enc = build_encoder("mobilenet_v3_small", pretrained=False, encoder_dim=8, finetune=False)
+    head_before = enc.project.weight.clone()
+    before = _batchnorm_stats(enc)
+    _one_step(enc)
+    assert enc.training
+    assert all(not m.training for m in enc.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+    after = enc.backbone.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not torch.equal(head_before, enc.project.weight)  # the new 1x1 conv always trains
+
+
+def test_finetune_start_step_defers_unfreezing() -> None:
+    enc = build_encoder("shufflenet_v2_x0_5", pretrained=False, finetune=True, finetune_start_step=100)
+    enc.train()
+    assert not enc.finetune_active and not any(p.requires_grad for p in enc.backbone.parameters())
+    enc.set_finetune(True)
+    assert all(p.requires_grad for p in enc.backbone.parameters())
+    assert all(m.training for m in enc.backbone.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"arch": "resnet9000"}, "mnasnet1_3"),
+        ({"arch": "resnet18", "encoder_dim": 0}, "encoder_dim=0"),
+        ({"arch": "resnet18", "encoder_size": -2}, "encoder_size=-2"),
+        ({"arch": "resnet18", "finetune_start_step": -1}, "finetune_start_step=-1"),
+    ],
+)
+def test_bad_encoder_config(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_encoder(pretrained=False, **kwargs)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_encoder_configs_map_to_build_encoder() -> None:
+    conf = Path(__file__).resolve().parents[1] / "conf" / "encoder"
+    kwargs = list(inspect.signature(build_encoder).parameters)
+    files = sorted(conf.glob("*.yaml"))
+    assert {f.stem for f in files} >= set(ARCHS) | {"shufflenet", "mobilenet_v2", "resnet50"}
+    for f in files:
+        cfg = OmegaConf.to_container(OmegaConf.load(f))
+        assert list(cfg) == kwargs, f.name
+        assert cfg["arch"] in ARCHS and (f.stem == cfg["arch"] or f.stem == "shufflenet")

@@ -1,0 +1,102 @@
+"""FeatureCache: computed once, reused, keyed on the encoder setting, fp16 on disk, crash-safe."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from test_dataset import make_prepared
+from torch import nn
+
+from captioner.data.dataset import CaptionDataset, ImageDataset
+from captioner.data.features import META, FeatureCache
+from captioner.data.loaders import build_loaders
+from captioner.errors import ConfigError
+
+KEY = {"name": "toy", "pretrained": True, "finetune": False}
+
+
+class CountingEncoder(nn.Module):
+    """A frozen toy encoder: 4x4 average pool to (B, h, w, 3); counts forward calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.ones(()), requires_grad=False)
+        self.calls = 0
+        self.out_dim = 3
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return (nn.functional.avg_pool2d(images, 4) * self.scale).permute(0, 2, 3, 1)
+
+
+@pytest.fixture
+def prepared(tmp_path):
+    return tmp_path, make_prepared(tmp_path, {"train": 3, "val": 2})
+
+
+def test_computed_once_then_reused(prepared):
+    root, vocab = prepared
+    encoder = CountingEncoder()
+    cache = FeatureCache(root, KEY, image_size=16)
+    reader = cache.ensure(encoder, ["train", "val"], batch_size=2, progress=False)
+    calls = encoder.calls
+    assert calls == 3  # 2 train batches + 1 val batch
+    reader = FeatureCache(root, KEY, image_size=16).ensure(encoder, ["train", "val"], progress=False)
+    assert encoder.calls == calls
+    assert reader.shape == (4, 4, 3) and len(reader) == 5
+    expected = encoder(ImageDataset(root, "val", cache.transform)[1]["image"][None])[0]
+    assert torch.allclose(reader["val1"].float(), expected, atol=1e-3)
+    assert np.load(cache.folder / "train.npy", mmap_mode="r").dtype == np.float16
+    assert reader["train0"].dtype == torch.float16
+    assert "_arrays" in vars(reader) and reader._arrays  # maps are open now...
+    assert pickle.loads(pickle.dumps(reader))._arrays == {}  # ...yet workers get no copy of them
+
+    item = CaptionDataset(root, "train", vocab, features=reader)[0]
+    assert item["features"].dtype == torch.float32 and "image" not in item
+    off = {"hflip": 0.0, "color_jitter": 0.0, "crop_scale_min": 1.0}
+    train, evals = build_loaders(root, vocab, 2, image_size=16, features=reader, augment=off)
+    assert next(iter(train))["features"].shape[1:] == (4, 4, 3)
+    assert next(iter(evals["val"]))["features"].shape == (2, 4, 4, 3)
+    with pytest.raises(ConfigError, match="augment"):
+        build_loaders(root, vocab, 2, image_size=16, features=reader, augment={"hflip": 0.5})
+
+
+def test_changed_key_recomputes_into_new_folder(prepared):
+    root, _ = prepared
+    encoder = CountingEncoder()
+    old = FeatureCache(root, KEY, image_size=16)
+    old.ensure(encoder, "val", progress=False)
+    before = (old.folder / "val.npy").read_bytes()
+    for cache in (FeatureCache(root, {**KEY, "name": "other"}, 16), FeatureCache(root, KEY, image_size=32)):
+        calls = encoder.calls
+        cache.ensure(encoder, "val", progress=False)
+        assert encoder.calls > calls and cache.folder != old.folder
+    assert (old.folder / "val.npy").read_bytes() == before
+    assert len(list((root / "features").iterdir())) == 3
+
+
+def test_interrupted_cache_without_meta_is_recomputed(prepared):
+    root, _ = prepared
+    encoder = CountingEncoder()
+    cache = FeatureCache(root, KEY, image_size=16)
+    cache.ensure(encoder, "val", progress=False)
+    (cache.folder / META).unlink()  # as if the process died before publishing
+    np.save(cache.folder / "val.npy", np.zeros((2, 4, 4, 3), np.float16))  # garbage left behind
+    calls = encoder.calls
+    reader = cache.ensure(encoder, "val", progress=False)
+    assert encoder.calls > calls
+    assert reader["val0"].float().abs().sum() > 0
+
+
+def test_fine_tuned_encoder_cannot_be_cached(prepared):
+    root, _ = prepared
+    with pytest.raises(ConfigError, match="frozen"):
+        FeatureCache(root, {**KEY, "finetune": True})
+    encoder = CountingEncoder()
+    FeatureCache(root, KEY, image_size=16).ensure(encoder, "val", progress=False)
+    encoder.scale.requires_grad_(True)  # refused even though this key's cache already exists
+    with pytest.raises(ConfigError, match="trainable"):
+        FeatureCache(root, KEY, image_size=16).ensure(encoder, "val", progress=False)

@@ -1,0 +1,76 @@
+"""BucketBatchSampler: similar lengths per batch, exact coverage, equal shards, determinism, resume."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from captioner.data.sampler import BucketBatchSampler
+from captioner.errors import CheckpointError, ConfigError
+
+_rng = random.Random(0)
+LENGTHS = [_rng.randint(5, 30) for _ in range(1000)]
+
+
+def spread(batches: list[list[int]]) -> float:
+    return sum(max(LENGTHS[i] for i in b) - min(LENGTHS[i] for i in b) for b in batches) / len(batches)
+
+
+def test_batches_have_near_uniform_lengths_and_cover_epoch_once():
+    sampler = BucketBatchSampler(LENGTHS, batch_size=16, seed=1, chunk_batches=20)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 63
+    assert sorted(i for b in batches for i in b) == list(range(1000))
+    unbucketed = list(BucketBatchSampler(LENGTHS, batch_size=16, seed=1, bucket=False))
+    assert spread(batches) <= 2 < 15 < spread(unbucketed)
+
+
+def test_deterministic_per_seed_and_epoch():
+    a, b = BucketBatchSampler(LENGTHS, 16, seed=3), BucketBatchSampler(LENGTHS, 16, seed=3)
+    assert list(a) == list(b)
+    a.set_epoch(1)
+    assert list(a) != list(b)
+    b.set_epoch(1)
+    assert list(a) == list(b)
+    assert list(BucketBatchSampler(LENGTHS, 16, seed=4)) != list(BucketBatchSampler(LENGTHS, 16, seed=3))
+
+
+@pytest.mark.parametrize("n, drop_last", [(1000, False), (1000, True), (96, False), (100, True)])
+def test_shards_are_disjoint_and_equal_length(n, drop_last):
+    ranks = [
+        BucketBatchSampler(LENGTHS[:n], 16, seed=0, num_replicas=2, rank=r, drop_last=drop_last)
+        for r in (0, 1)
+    ]
+    shards = [list(s) for s in ranks]
+    assert len(shards[0]) == len(shards[1]) == len(ranks[0]) == len(ranks[1])
+    seen = [[i for b in s for i in b] for s in shards]
+    if n == 96:  # 6 full batches split evenly: disjoint and covering exactly
+        assert not set(seen[0]) & set(seen[1])
+        assert sorted(seen[0] + seen[1]) == list(range(n))
+    elif drop_last:  # whole batches dropped to equalise: disjoint, no repeats
+        assert not set(seen[0]) & set(seen[1]) and all(len(b) == 16 for s in shards for b in s)
+    else:  # 63 batches -> one repeated to make 64: everything covered
+        assert set(seen[0]) | set(seen[1]) == set(range(n))
+
+
+def test_resume_mid_epoch_continues_exactly():
+    full = BucketBatchSampler(LENGTHS, 16, seed=5)
+    full.set_epoch(2)
+    expected = list(full)
+    state = full.state_dict(batches_done=10)
+    resumed = BucketBatchSampler(LENGTHS, 16, seed=5)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(2)  # the loop calls set_epoch for the resumed epoch; the offset is kept
+    assert len(resumed) == len(expected) - 10
+    assert list(resumed) == expected[10:]
+    assert len(resumed) == len(expected)  # next pass is a full epoch again
+    with pytest.raises(CheckpointError, match="batch_size"):
+        BucketBatchSampler(LENGTHS, 32, seed=5).load_state_dict(state)
+
+
+def test_invalid_arguments_raise_config_error():
+    with pytest.raises(ConfigError, match="rank=2"):
+        BucketBatchSampler(LENGTHS, 16, num_replicas=2, rank=2)
+    with pytest.raises(ConfigError, match="batch_size=0"):
+        BucketBatchSampler(LENGTHS, 0)
