@@ -131,7 +131,9 @@ def main() -> None:
             f"{r['model']:<42} {r['method']:<10} {r['images']:>6} {r['seconds']:>8.3f} "
             f"{r['images_per_s']:>9.2f} {r['speedup']:>7.2f}x"
         )
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
     record = {
         "benchmark": "beam search, batched over images and beams vs one image per call (same function)",
         "commit": commit or None,

@@ -174,6 +174,7 @@ def test_bad_direction_is_a_one_line_config_error(tmp_path: Path) -> None:
     assert "hydra.sweeper.direction: 'up' is not one of ('minimize', 'maximize')" in proc.stderr
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
 def test_trial_of_a_silent_worker_on_another_host_is_failed(tmp_path: Path) -> None:
     storage = make_storage(f"sqlite:///{tmp_path}/optuna.db", heartbeat_interval=1)
     study = optuna.create_study(study_name="hb", storage=storage)

@@ -99,6 +99,68 @@ class SmoothingConfig:
 
 
 @dataclass
+class EncoderConfig:
+    """kwargs of ``captioner.model.encoder.build_encoder``."""
+
+    arch: str = MISSING
+    pretrained: bool = True
+    encoder_dim: int | None = None
+    encoder_size: int | None = None
+    finetune: bool = False
+    finetune_start_step: int = 0
+
+
+@dataclass
+class DecoderConfig:
+    """kwargs of ``captioner.model.decoder.Decoder`` (vocab_size and encoder_dim come from data/encoder)."""
+
+    embed_dim: int = 256
+    hidden_dim: int = 256
+    attention_dim: int = 256
+    num_layers: int = 1
+    dropout: float = 0.5
+    deep_output: bool = True
+    beta_gate: str = "scalar"
+    tie_weights: bool = False
+    embed_max_norm: float | None = None
+    pretrained_embeddings: str | None = None
+    freeze_embeddings: bool = False
+
+
+@dataclass
+class LoaderConfig:
+    """kwargs of ``captioner.data.loaders.build_loaders`` that a data config sets."""
+
+    batch_size: int = 64
+    image_size: int = 224
+    max_len: int = 30
+    num_workers: int = 0
+    bucket: bool = True
+
+
+@dataclass
+class AugmentConfig:
+    """kwargs of ``captioner.data.transforms.build_train_transform``."""
+
+    hflip: float = 0.5
+    color_jitter: float = 0.1
+    noise_std: float = 0.0
+    optical_strength: float = 0.0
+    crop_scale_min: float = 0.9
+
+
+@dataclass
+class DataConfig:
+    """A dataset: where its prepared folder lives, how to prepare it, how to load it."""
+
+    name: str = MISSING
+    root: str = MISSING
+    prepare: dict[str, Any] = field(default_factory=dict)  # kwargs of prepare_dataset, per format
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
 class PathsConfig:
     root: str = "."
     data_dir: str = "data"
@@ -127,7 +189,13 @@ def register() -> None:
     cs.store(name="base_config", node=Config)
     cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
     cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    from captioner.decode import DecodeConfig
+
     cs.store(group="tf", name="base_tf", node=TeacherForcingConfig)
+    cs.store(group="encoder", name="base_encoder", node=EncoderConfig)
+    cs.store(group="decoder", name="base_decoder", node=DecoderConfig)
+    cs.store(group="data", name="base_data", node=DataConfig)
+    cs.store(group="decode", name="base_decode", node=DecodeConfig)
     cs.store(group="optimizer", name="base_optimizer", node=OptimizerConfig)
     cs.store(group="scheduler", name="base_scheduler", node=SchedulerConfig)
     cs.store(group="smoothing", name="base_smoothing", node=SmoothingConfig)

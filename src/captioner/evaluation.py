@@ -29,15 +29,6 @@ class SplitResult:
     grid: tuple[int, int] = (0, 0)
 
 
-def decode_kwargs(decode_cfg: Mapping[str, Any], temperature: float | None) -> dict[str, Any]:
-    """The decode config as kwargs of ``captioner.decode.decode``; applies the fitted temperature if asked."""
-    kwargs = dict(decode_cfg)
-    calibrated = kwargs.pop("calibrated", False)
-    if calibrated and temperature:
-        kwargs["temperature"] = kwargs.get("temperature", 1.0) * temperature
-    return kwargs
-
-
 @torch.inference_mode()
 def evaluate_split(
     model: torch.nn.Module,
@@ -61,7 +52,7 @@ def evaluate_split(
     from captioner.metrics import score_captions
 
     model.eval()
-    kwargs = decode_kwargs(decode_cfg, temperature)
+    kwargs = dict(decode_cfg)
     captions: dict[str, list[str]] = {}
     alphas: dict[str, np.ndarray] = {}
     grid = (0, 0)
@@ -73,7 +64,7 @@ def evaluate_split(
                 annotations = fmap.reshape(fmap.shape[0], -1, fmap.shape[-1])
             else:
                 annotations, grid = model.encode(batch["images"].to(device, non_blocking=True))
-            hyp = decode(model.decoder, annotations.float(), **kwargs)
+            hyp = decode(model.decoder, annotations.float(), **kwargs, fitted_temperature=temperature)
         words = hypotheses_to_words(hyp, vocab)
         for i, image_id in enumerate(batch["image_ids"]):
             captions[image_id] = words[i]

@@ -33,6 +33,7 @@ from captioner.train.setup import (
     resolve_device,
     resolve_precision,
     update_finetune,
+    validate_config,
 )
 
 
@@ -67,6 +68,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     from captioner.train.teacher_forcing import build_schedule
 
     t = cfg.trainer
+    validate_config(cfg)
     device = resolve_device(t.device)
     dist_info = init_distributed(device.type)
     if dist_info.enabled and device.type == "cuda":
