@@ -48,9 +48,48 @@ def run_guarded(fn: Callable[[], Any]) -> Any:
         sys.exit(2)
 
 
+def check_value_overrides(argv: Sequence[str]) -> str | None:
+    """A one-line message for ``key=value`` overrides the group's schema rejects (unknown key, bad type).
+
+    Hydra reports these over several lines; we check each plain override against the registered
+    ``base_<group>`` schema (call ``captioner.config.register()`` first) and name the key in one line.
+    Anything we cannot check here (sweeps, appends, hydra keys, unparsable input) is left to Hydra.
+    """
+    from hydra.core.config_store import ConfigStore
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    args = [a for a in argv if not a.startswith("-") and "=" in a]
+    try:
+        overrides = OverridesParser.create().parse_overrides(args)
+    except Exception:  # noqa: BLE001 - Hydra reports syntax errors itself
+        return None
+    store = ConfigStore.instance()
+    for override in overrides:
+        group, _, rest = override.key_or_group.partition(".")
+        if not rest or override.type != OverrideType.CHANGE or override.is_sweep_override():
+            continue
+        try:
+            schema = OmegaConf.create(store.load(f"{group}/base_{group}.yaml").node)
+        except Exception:  # noqa: BLE001 - no schema for this group (hydra.*, plain keys)
+            continue
+        try:
+            OmegaConf.update(schema, rest, override.value(), merge=True)
+        except OmegaConfBaseException as err:
+            reason = str(err).strip().splitlines()[0]
+            parent = override.key_or_group.rpartition(".")[0]
+            node = OmegaConf.select(schema, parent.partition(".")[2]) if "." in parent else schema
+            valid = ", ".join(f"{parent}.{k}" for k in node) if "not in" in reason and node else ""
+            return f"{override.input_line}: {reason}" + (f"; valid keys: {valid}" if valid else "")
+    return None
+
+
 def precheck(argv: Sequence[str] | None = None) -> None:
-    """Exit with one line when an override names an unknown group choice."""
-    message = check_group_choices(sys.argv[1:] if argv is None else argv)
+    """Exit with one line when an override names an unknown group choice, an unknown key or a bad value."""
+    argv = sys.argv[1:] if argv is None else argv
+    message = check_group_choices(argv) or check_value_overrides(argv)
     if message:
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)

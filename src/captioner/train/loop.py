@@ -224,6 +224,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     progress.bad_validations += 1
                 stop = t.early_stop.patience > 0 and progress.bad_validations >= t.early_stop.patience
                 tracker.log_metrics({f"val.{k}": v for k, v in result.metrics.items()}, step=progress.step)
+                _report_to_sweep(metric, progress.epoch)
                 shown = {
                     k: result.metrics[k] for k in ("bleu4", "cider_d", "object_f1") if k in result.metrics
                 }
@@ -246,9 +247,17 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                 )
                 break
 
-        final = _final_evaluation(
-            cfg, model, data, vocab, records, device, dist_info, autocast, run_dir, tracker
-        )
+        final = {
+            "objective": progress.best,
+            "objective_metric": t.early_stop.metric,
+            "best_epoch": progress.best_epoch,
+            **_final_evaluation(
+                cfg, model, data, vocab, records, device, dist_info, autocast, run_dir, tracker
+            ),
+        }
+        if dist_info.is_main:
+            write_json_atomic(run_dir / "metrics.json", final, indent=2)
+            tracker.log_artifact(run_dir / "metrics.json")
         status = "FINISHED"
         return final
     except KeyboardInterrupt:
@@ -257,6 +266,19 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     finally:
         tracker.finish(status)
         cleanup(dist_info)
+
+
+def _report_to_sweep(metric: float, epoch: int) -> None:
+    """Under our Optuna sweeper, report the validation metric so a pruner can stop a poor trial."""
+    from hydra_plugins.captioner_optuna_sweeper import sweep_trial
+
+    trial = sweep_trial()
+    if trial is not None:
+        import optuna
+
+        trial.report(metric, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} ({metric:.4g})")
 
 
 def _has_ground_truth(records: dict[str, ImageRecord]) -> bool:
@@ -308,6 +330,8 @@ def _final_evaluation(
     from captioner.viz import attention_figure
 
     best = run_dir / "best.pt"
+    if dist_info.enabled:  # rank 0 may still be writing best.pt: every rank must load the same weights
+        torch.distributed.barrier()
     if best.exists():
         model.load_state_dict(ckpt.load_checkpoint(best, map_location=device)["model"])
     results: dict[str, SplitResult] = {}

@@ -1,0 +1,75 @@
+"""Caption image files: `python caption.py checkpoint=runs/.../best.pt images=photos/ decode=beam decode.n_best=3`.
+
+Prints `file: caption` (and the n-best list with scores), writes captions.json and one attention
+figure per image into ``out``. Unreadable images are reported one line each and skipped; the exit
+status is 0 when at least one image was captioned.
+"""
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+from captioner.cli import precheck, run_guarded
+from captioner.config import register
+
+
+@dataclass
+class CaptionConfig:
+    """Keys of conf/caption.yaml (typos fail at start)."""
+
+    checkpoint: str = MISSING
+    images: str = MISSING
+    out: str = "captions_out"
+    device: str = "cpu"
+    figures: bool = True
+    decode: Any = MISSING
+
+
+register()
+ConfigStore.instance().store(name="base_caption", node=CaptionConfig)
+
+
+def caption(cfg: DictConfig) -> int:
+    """Caption every image ``cfg.images`` names; returns the number captioned."""
+    from captioner import inference
+    from captioner.decode import DecodeConfig
+    from captioner.errors import DataError
+    from captioner.train.setup import resolve_device
+
+    decode_cfg = OmegaConf.to_container(cfg.decode, resolve=True)
+    DecodeConfig(**decode_cfg)
+    files = inference.find_images(cfg.images)
+    device = resolve_device(cfg.device)
+    loaded = inference.load_captioner(cfg.checkpoint, device)
+    out = Path(cfg.out)
+    done, failed = inference.caption_files(loaded, files, decode_cfg, device, out if cfg.figures else None)
+    for line in failed:
+        print(f"error: {line}", file=sys.stderr)
+    for c in done:
+        print(f"{c.file.name}: {' '.join(c.words)}")
+        if len(c.n_best) > 1:
+            for rank, (words, score) in enumerate(c.n_best, 1):
+                print(f"  {rank}. {score:8.3f}  {' '.join(words)}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = inference.write_captions(out, done, failed)
+    names = ", ".join(line.split(":", 1)[0] for line in failed)
+    print(f"captioned {len(done)}, failed {len(failed)}" + (f": {names}" if failed else "") + f"; see {path}")
+    if not done:
+        raise DataError(f"no image of images={cfg.images!r} could be captioned; check the files above")
+    return len(done)
+
+
+@hydra.main(config_path="conf", config_name="caption", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Entry point: one-line errors for user mistakes, status 2 when nothing was captioned."""
+    run_guarded(lambda: caption(cfg))
+
+
+if __name__ == "__main__":
+    precheck()
+    main()

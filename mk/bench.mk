@@ -1,0 +1,19 @@
+# Benchmarks: one target each; every one prints a table and writes bench/results/<name>.json.
+# Included by the top-level Makefile; PY defaults here too so the file stands alone.
+PY ?= python
+BENCH_ARGS ?=
+
+.PHONY: bench bench-train-speed bench-feature-cache bench-loader bench-beam
+bench: bench-train-speed bench-feature-cache bench-loader bench-beam  ## run every benchmark (~6 min on 2 CPU cores)
+
+bench-train-speed:  ## decoder train-step FLOP/s vs sgemm, captions/s vs the tutorial reference decoder
+	$(PY) bench/train_speed.py $(BENCH_ARGS)
+
+bench-feature-cache:  ## epoch time on cached frozen-encoder features vs encoding images every step
+	$(PY) bench/feature_cache.py $(BENCH_ARGS)
+
+bench-loader:  ## train-loader throughput: 224 px images + augmentation vs cached features
+	$(PY) bench/loader.py $(BENCH_ARGS)
+
+bench-beam:  ## batched beam search vs one image at a time
+	$(PY) bench/beam.py $(BENCH_ARGS)

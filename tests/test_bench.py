@@ -1,0 +1,103 @@
+"""Benchmarks compare like with like: the reference and experiment decoders compute our Decoder's loss."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+sys.path.insert(0, str(BENCH))
+
+from common import Run, format_table  # noqa: E402
+from reference_decoder import ReferenceDecoder  # noqa: E402
+from train_speed import HoistedDecoder, LSTMCellDecoder, _clone_as, make_batch  # noqa: E402
+
+from captioner.model.decoder import Decoder  # noqa: E402
+from captioner.model.loss import caption_loss  # noqa: E402
+
+
+@pytest.fixture
+def decoder() -> Decoder:
+    torch.manual_seed(0)
+    return Decoder(vocab_size=40, encoder_dim=12, embed_dim=8, hidden_dim=10, attention_dim=6, dropout=0.0)
+
+
+@pytest.fixture
+def batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    # max_len 9 but lengths <= 8 here for some seeds: the reference then runs fewer steps than T-1.
+    return make_batch(batch=6, locations=5, encoder_dim=12, vocab=40, min_len=4, max_len=9, seed=1)
+
+
+@pytest.mark.parametrize("project_once", [False, True])
+def test_reference_decoder_gives_our_loss_and_gradients(decoder, batch, project_once):
+    annotations, captions, lengths = batch
+    ours, _ = caption_loss(decoder(annotations, captions), captions, smoothing=0.1)
+    ref = ReferenceDecoder.from_decoder(decoder, project_once=project_once)
+    out, order = ref(annotations, captions, lengths)
+    theirs, _ = caption_loss(out, captions[order, : out.logits.shape[1] + 1], smoothing=0.1)
+    assert theirs.item() == pytest.approx(ours.item(), rel=1e-5)
+    ours.backward()
+    theirs.backward()
+    torch.testing.assert_close(ref.L_o.weight.grad, decoder.L_o.weight.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        ref.decode_step.weight_hh.grad, decoder.lstm.weight_hh_l0.grad, rtol=1e-4, atol=1e-6
+    )
+
+
+def test_reference_decoder_runs_only_active_rows(decoder):
+    annotations, captions, lengths = make_batch(4, 5, 12, 40, min_len=3, max_len=7, seed=0)
+    lengths = torch.tensor([7, 3, 5, 4])
+    out, order = ReferenceDecoder.from_decoder(decoder)(annotations, captions, lengths)
+    assert order.tolist() == [0, 2, 3, 1]
+    assert out.logits.shape[:2] == (4, 6)
+    # rows past their caption's end stay zero: they were never computed
+    assert out.logits[3, 2:].abs().sum() == 0 and out.logits[3, :2].abs().sum() > 0
+
+
+@pytest.mark.parametrize("cls", [LSTMCellDecoder, HoistedDecoder])
+def test_experiment_decoders_match_ours(decoder, batch, cls):
+    annotations, captions, _ = batch
+    twin = _clone_as(cls, decoder)
+    expected, got = decoder(annotations, captions), twin(annotations, captions)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got.alphas, expected.alphas, rtol=1e-5, atol=1e-6)
+
+
+def test_run_record_has_provenance_and_merges_keys(tmp_path):
+    out = tmp_path / "x.json"
+    Run("demo").write({"rows": [1]}, key="cpu", out=out)
+    Run("demo").write({"rows": [2]}, key="cuda", out=out)
+    record = json.loads(out.read_text())
+    assert set(record) == {"cpu", "cuda"}
+    cpu = record["cpu"]
+    for field in ("git_commit", "command", "date", "machine", "load_average", "rows"):
+        assert field in cpu
+    assert cpu["machine"]["threads"] == torch.get_num_threads()
+    assert len(cpu["load_average"]["start"]) == 3
+
+
+def test_format_table_aligns_columns():
+    text = format_table([{"a": "x", "b": 1.23456}, {"a": "long", "b": 12345.6}], [("a", "A"), ("b", "B")])
+    lines = text.splitlines()
+    assert lines[0].split() == ["A", "B"]
+    assert lines[2].split() == ["x", "1.23"] and lines[3].split() == ["long", "12346"]
+    assert len({len(line) for line in lines}) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("script", ["train_speed.py", "feature_cache.py"])
+def test_benchmark_quick_run_writes_record(tmp_path, script):
+    out = tmp_path / "r.json"
+    subprocess.run(
+        [sys.executable, str(BENCH / script), "--quick", "--threads", "1", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    record = json.loads(out.read_text())
+    assert record["rows"] and record["git_commit"] and record["machine"]["threads"] == 1
