@@ -5,13 +5,33 @@ TORCH_HOME ?= $(HOME)/.cache/torch
 export TORCH_HOME
 
 include mk/weights.mk
+-include mk/bench.mk
 
-.PHONY: help install demo test test-slow lint weights ui
+.PHONY: help install demo test test-slow lint ui sweep-smoke report
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 install:  ## install the package (editable) with its test extras
 	$(PY) -m pip install -q -e ".[test]"
 
+demo: install weights  ## the main job: train on the generated shapes set, print a caption, write an attention figure
+	$(PY) train.py experiment=demo
+
+test: install  ## the test suite (fast; slow checks: make test-slow)
+	$(PY) -m pytest
+
+test-slow: install  ## slow and data-heavy checks only
+	$(PY) -m pytest -m slow
+
 lint:  ## ruff check + format check
 	ruff check . && ruff format --check .
+
+ui:  ## MLflow UI on http://127.0.0.1:5000 over the local store (compare runs and sweeps)
+	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+SWEEPS := optim_dropout pretrain_finetune teacher_forcing optical_finetune label_smoothing tf_scheduler
+sweep-smoke: install weights  ## every seed ablation group end to end at smoke scale
+	for s in $(SWEEPS); do $(PY) train.py -m sweep=$$s scale=smoke || exit 1; done
+
+report:  ## Markdown + plot per sweep experiment in the local MLflow store (sweeps/results/)
+	for e in $$($(PY) -c "from mlflow.tracking import MlflowClient as C; print(' '.join(x.name for x in C('sqlite:///mlflow.db').search_experiments() if x.name.startswith('sweep-')))"); do $(PY) sweeps/report.py --experiment $$e; done

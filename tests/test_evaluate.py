@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TinyRun, run_script
 
-from captioner.errors import CheckpointError
+from captioner.errors import CheckpointError, ConfigError
 from captioner.inference import (
     calibrate_checkpoint,
     check_vocab,
@@ -24,11 +24,10 @@ from captioner.metrics.text import meteor_unavailable
 TEXT_COLUMNS = ["bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d"]
 GROUNDING_COLUMNS = ["object_precision", "object_recall", "object_f1", "exact_scene", "pointing_accuracy"]
 GREEDY = {"method": "greedy", "max_len": 12}
-FAST = ("bleu", "rouge_l", "cider_d")  # METEOR starts a JVM (~10 s): scored once, in the CLI test
+FAST = ("bleu", "rouge_l", "cider_d")  # METEOR starts a JVM (~10 s): scored once, in a slow test
 
 
-def test_evaluate_cli_scores_test_splits_writes_json_and_logs_mlflow(tiny_run: TinyRun, tmp_path: Path):
-    db = tmp_path / "mlflow.db"
+def test_evaluate_cli_scores_test_splits_and_writes_json(tiny_run: TinyRun, tmp_path: Path):
     proc = run_script(
         "evaluate.py",
         "checkpoint=run/best.pt",
@@ -36,15 +35,14 @@ def test_evaluate_cli_scores_test_splits_writes_json_and_logs_mlflow(tiny_run: T
         "decode=beam",
         "decode.k=2",
         "decode.max_len=12",
+        "metrics=[bleu,rouge_l,cider_d]",
         f"out={tmp_path / 'eval'}",
-        f"logger.tracking_uri=sqlite:///{db}",
+        "logger=none",
         cwd=tiny_run.cwd,
     )
     header, *rows = [line for line in proc.stdout.splitlines() if line.startswith(("split", "test", "val"))]
     columns = header.split()
     expected = TEXT_COLUMNS + GROUNDING_COLUMNS + ["attention_mass"]
-    if meteor_unavailable() is None:
-        expected.append("meteor")
     assert set(expected) <= set(columns)
     assert {r.split()[0] for r in rows} == {"val", "test", "test_novel"}
     assert all(len(r.split()) == len(columns) for r in rows)
@@ -57,15 +55,32 @@ def test_evaluate_cli_scores_test_splits_writes_json_and_logs_mlflow(tiny_run: T
         assert len(coco) == 8 and all(set(c) == {"image_id", "caption"} for c in coco)
         assert all(c["image_id"].startswith(f"shapes_{split}_") for c in coco)
 
+
+@pytest.mark.slow  # METEOR starts a JVM and a fresh MLflow SQLite store migrates: ~25 s
+def test_evaluate_default_metrics_include_meteor_and_log_an_mlflow_run(tiny_run: TinyRun, tmp_path: Path):
     from mlflow.tracking import MlflowClient
 
+    db = tmp_path / "mlflow.db"
+    proc = run_script(
+        "evaluate.py",
+        "checkpoint=run/best.pt",
+        "decode=greedy",
+        f"out={tmp_path / 'eval'}",
+        f"logger.tracking_uri=sqlite:///{db}",
+        cwd=tiny_run.cwd,
+    )
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    if meteor_unavailable() is None:
+        header = next(line for line in proc.stdout.splitlines() if line.startswith("split"))
+        assert "meteor" in header.split() and "meteor" in metrics["test"]
     client = MlflowClient(tracking_uri=f"sqlite:///{db}")
     exp = client.get_experiment_by_name("shapes_smoke")  # the checkpoint's experiment
     (run,) = client.search_runs([exp.experiment_id])
     assert run.data.tags["evaluation"] == "true"
     assert run.data.params["checkpoint"] == "run/best.pt"
-    assert run.data.params["decode.k"] == "2"
+    assert run.data.params["decode.method"] == "greedy"
     assert run.data.metrics["test.bleu1"] == pytest.approx(metrics["test"]["bleu1"])
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {"metrics.json", "captions_test.json"}
 
 
 def test_evaluate_in_process_matches_reference_split_sizes(tiny_run: TinyRun):
@@ -81,14 +96,10 @@ def test_evaluate_in_process_matches_reference_split_sizes(tiny_run: TinyRun):
 
 
 def test_unknown_split_is_one_line_error(tiny_run: TinyRun):
-    proc = run_script(
-        "evaluate.py", "checkpoint=run/best.pt", "split=tset", "logger=none", cwd=tiny_run.cwd, check=False
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [
-        "error: split='tset' is not in data/shapes_smoke (it has test, test_novel, train, val); "
-        "name one of them or split=all"
-    ]
+    with pytest.raises(
+        ConfigError, match=r"split='tset' is not in .* \(it has test, test_novel, train, val\)"
+    ):
+        resolve_splits(tiny_run.data_root, "tset")
 
 
 def test_calibration_lowers_val_nll_and_is_stored(tiny_run: TinyRun, tmp_path: Path):
@@ -189,3 +200,13 @@ def test_checkpoints_of_other_formats_are_one_line_errors(tiny_run: TinyRun, tmp
         assert "\n" not in message and str(path) in message, kind
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_captioner(tmp_path / "missing.pt")
+
+
+def test_calibrated_decode_without_fitted_temperature_names_the_fix(tiny_run: TinyRun):
+    loaded = load_captioner(tiny_run.checkpoint)
+    with pytest.raises(
+        ConfigError, match=r"no fitted temperature; run `python evaluate.py .* calibrate=true`"
+    ):
+        evaluate_checkpoint(
+            loaded, tiny_run.data_root, ["val"], {**GREEDY, "calibrated": True}, torch.device("cpu")
+        )

@@ -9,10 +9,12 @@ import time
 from pathlib import Path
 
 import pytest
+import test_train
 import torch
-from test_train import ENV, REPO, load_state, run_train, shapes_data, train_cmd  # noqa: F401 - fixture
+from test_train import ENV, REPO, load_state, run_train, train_cmd
 
 pytestmark = pytest.mark.slow  # three or more short trainings each
+shapes_data = test_train.shapes_data  # the session's generated data (a fixture)
 
 
 def _epochs_done(path: Path) -> int:

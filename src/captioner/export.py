@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,7 +83,9 @@ def export_program(checkpoint: str | Path, out: str | Path, max_len: int = 30) -
     example = torch.rand(2, 3, loaded.image_size, loaded.image_size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     # no_grad: the frozen encoder's set_grad_enabled block otherwise exports as a node that fails to reload.
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # nn.LSTM re-assigns its _flat_weights during export; harmless (the weights are parameters).
+        warnings.filterwarnings("ignore", message=".*_flat_weights.*were assigned during export")
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

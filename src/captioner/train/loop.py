@@ -369,7 +369,8 @@ def _final_evaluation(
             tracker.log_artifact(path, "figures")
         first = sorted(shown.alphas)[0]
         print(f"caption for test image {first}: {' '.join(shown.captions[first])}")
-        print(f"attention figure: {figures / (first + '.png')}")
+        if (figures / f"{first}.png").exists():
+            print(f"attention figure: {figures / (first + '.png')}")
     for split, m in final.items():
         print(f"{split}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()))
     print(f"checkpoints and metrics in {run_dir}")

@@ -61,7 +61,19 @@ def autocast_context(device: torch.device, precision: str) -> AbstractContextMan
 def ensure_prepared(data_cfg: DictConfig, dist_info: DistInfo = SINGLE) -> Path:
     """The prepared data folder; the generated shapes set is made on first use, real data must be prepared."""
     root = Path(data_cfg.root)
+    prepare = OmegaConf.to_container(data_cfg.prepare, resolve=True)
     if (root / MANIFEST).exists():
+        if prepare.get("format") == "shapes":
+            from captioner.data.records import read_manifest
+
+            made_with = read_manifest(root)["source"].get("generator", {})
+            wanted = {k: v for k, v in prepare.items() if k != "format"}
+            changed = sorted(k for k in wanted if made_with.get(k) != wanted[k])
+            if changed:
+                raise DataError(
+                    f"{root} was generated with other settings ({', '.join(f'{k}={made_with.get(k)}' for k in changed)}); "
+                    f"set data.root to a new folder or delete {root} to regenerate"
+                )
         return root
     if data_cfg.prepare.format != "shapes":
         raise DataError(
@@ -71,7 +83,7 @@ def ensure_prepared(data_cfg: DictConfig, dist_info: DistInfo = SINGLE) -> Path:
         from captioner.data.prepare import prepare_dataset
 
         print(f"generating the shapes benchmark into {root} (once)")
-        prepare_dataset(out=root, **OmegaConf.to_container(data_cfg.prepare, resolve=True))
+        prepare_dataset(out=root, **prepare)
     if dist_info.enabled:
         torch.distributed.barrier()
     return root
@@ -112,6 +124,8 @@ class Data:
     root: Path
     cached: bool = False
     store: Any = None
+    seed: int = 0
+    rank: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
     def set_epoch(self, epoch: int) -> None:
@@ -119,6 +133,10 @@ class Data:
         sampler = self.train.batch_sampler
         if hasattr(sampler, "set_epoch"):
             sampler.set_epoch(epoch)
+        if (
+            self.train.generator is not None
+        ):  # worker augmentation seeds: a function of the epoch, so resume is exact
+            self.train.generator.manual_seed(self.seed * 1_000_003 + self.rank * 1009 + epoch)
 
     def inputs(self, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
         """Images or cached features of a batch, on ``device``."""
@@ -151,12 +169,18 @@ def build_data(
         from captioner.data.records import read_annotations
 
         splits = sorted({r.split for r in read_annotations(root)})
-        cache = FeatureCache(root, _plain(cfg.encoder), loader_cfg["image_size"], loader_cfg["num_workers"])
-        if dist_info.is_main:  # one rank encodes, the others wait and read
-            cache.ensure(encoder, splits, cfg.trainer.encode_batch_size, device)
-        if dist_info.enabled:
-            torch.distributed.barrier()
-        features = cache.ensure(encoder, splits, cfg.trainer.encode_batch_size, device)
+        key = _plain(cfg.encoder)
+        if not key["pretrained"]:  # a randomly initialised encoder's features depend on the seed
+            key["init_seed"] = cfg.trainer.seed
+        cache = FeatureCache(root, key, loader_cfg["image_size"], loader_cfg["num_workers"])
+        # Encoding (first use only) draws DataLoader seeds from the global RNG: fork it, so a run that
+        # builds the cache trains exactly like one that reads it (exact resume depends on this).
+        with torch.random.fork_rng(devices=[]):
+            if dist_info.is_main:  # one rank encodes, the others wait and read
+                cache.ensure(encoder, splits, cfg.trainer.encode_batch_size, device)
+            if dist_info.enabled:
+                torch.distributed.barrier()
+            features = cache.ensure(encoder, splits, cfg.trainer.encode_batch_size, device)
     augment = _plain(cfg.data.augment)
     if cached:  # cached features are of un-augmented images
         augment = NO_AUGMENT
@@ -173,7 +197,15 @@ def build_data(
         seed=cfg.trainer.seed,
         **loader_cfg,
     )
-    return Data(train=train, eval=evals, root=root, cached=cached, store=ImageStore(root))
+    return Data(
+        train=train,
+        eval=evals,
+        root=root,
+        cached=cached,
+        store=ImageStore(root),
+        seed=cfg.trainer.seed,
+        rank=dist_info.rank,
+    )
 
 
 def validate_config(cfg: DictConfig) -> None:

@@ -1,0 +1,125 @@
+"""caption.py / captioner.inference on photos and shapes images: captions, attention figures, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.figure
+import pytest
+import torch
+from conftest import SHARED, TinyRun, run_script
+from PIL import Image
+
+from captioner.data.store import ImageStore
+from captioner.errors import DataError
+from captioner.inference import caption_files, find_images, load_captioner, read_image
+
+PHOTOS = SHARED / "data" / "flickr8k" / "images"
+CPU = torch.device("cpu")
+
+
+def _photo() -> Path:
+    photos = sorted(PHOTOS.glob("*.jpg")) if PHOTOS.is_dir() else []
+    if not photos:
+        pytest.skip(f"no Flickr8k photos in {PHOTOS} (the offline ../shared folder beside the repo)")
+    return photos[0]
+
+
+def _shapes_image(tiny_run: TinyRun, folder: Path, name: str = "shape.png") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    ImageStore(tiny_run.data_root).pil("shapes_test_00000").save(folder / name)
+    return folder / name
+
+
+@pytest.fixture
+def panel_counter(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Axes showing an image in each saved figure (the input panel + one per word)."""
+    counts: list[int] = []
+    original = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        counts.append(sum(1 for ax in fig.axes if ax.images))
+        return original(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    return counts
+
+
+def test_photo_gets_caption_and_one_attention_panel_per_word(
+    tiny_run: TinyRun, tmp_path: Path, panel_counter
+):
+    loaded = load_captioner(tiny_run.checkpoint)
+    decode = {"method": "beam", "k": 3, "n_best": 3, "max_len": 8}
+    done, failed = caption_files(loaded, [_photo()], decode, CPU, tmp_path)
+    assert failed == []
+    (c,) = done
+    assert c.words and c.figure == tmp_path / f"{_photo().stem}.png" and c.figure.is_file()
+    assert panel_counter == [1 + len(c.words)] and c.panels == len(c.words)
+    scores = [s for _, s in c.n_best]
+    assert len(scores) == 3 and scores == sorted(scores, reverse=True) and c.score == scores[0]
+    assert c.figure.stat().st_size < 300_000
+
+
+def test_exif_orientation_is_applied(tmp_path: Path):
+    image = Image.new("RGB", (40, 20))
+    exif = image.getexif()
+    exif[0x0112] = 6  # rotated 90 degrees: stored landscape, shown portrait
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert read_image(tmp_path / "rotated.jpg").size == (20, 40)
+
+
+def test_bad_images_are_one_line_errors(tmp_path: Path):
+    (tmp_path / "notes.jpg").write_text("not an image\n")
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64), "red").save(good)
+    (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
+    (tmp_path / "readme.txt").write_text("ignored: not an image suffix\n")
+    for name in ("notes.jpg", "cut.png"):
+        with pytest.raises(DataError, match=rf"^{name}: cannot read image \(.*\); skipped$"):
+            read_image(tmp_path / name)
+    assert [p.name for p in find_images(tmp_path)] == ["cut.png", "good.png", "notes.jpg"]
+    with pytest.raises(DataError, match="does not exist"):
+        find_images(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="holds no image files"):
+        find_images(tmp_path / "empty")
+
+
+def test_cli_folder_with_a_bad_image_captions_the_rest(tiny_run: TinyRun, tmp_path: Path):
+    images = tmp_path / "images"
+    _shapes_image(tiny_run, images, "a_shape.png")
+    (images / "b_broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    out = tmp_path / "out"
+    proc = run_script(
+        "caption.py",
+        f"checkpoint={tiny_run.checkpoint}",
+        f"images={images}",
+        f"out={out}",
+        "decode=greedy",
+        "decode.max_len=8",
+        cwd=tiny_run.cwd,
+    )
+    (error,) = proc.stderr.strip().splitlines()
+    assert error.startswith("error: b_broken.jpg: cannot read image")
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0].startswith("a_shape.png: ")
+    assert lines[-1].startswith("captioned 1, failed 1: b_broken.jpg")
+    result = json.loads((out / "captions.json").read_text())
+    assert [c["file"] for c in result["captions"]] == ["a_shape.png"]
+    assert result["captions"][0]["caption"] == lines[0].split(": ", 1)[1]
+    assert (out / "a_shape.png").is_file() and len(result["failed"]) == 1
+
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_text("nope")
+    proc = run_script(
+        "caption.py",
+        f"checkpoint={tiny_run.checkpoint}",
+        f"images={only_bad}",
+        f"out={out}",
+        cwd=tiny_run.cwd,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "captioned 0, failed 1: x.png" in proc.stdout
