@@ -77,7 +77,11 @@ def evaluate(cfg: DictConfig) -> dict:
             "split": cfg.split,
             "decode": decode_cfg,
         },
-        tags={"evaluation": "true", "trained_run_id": str(loaded.run_id), **(cfg.logger.tags or {})},
+        tags={
+            "evaluation": "true",
+            **({"trained_run_id": loaded.run_id} if loaded.run_id else {}),
+            **(cfg.logger.tags or {}),
+        },
     )
     tracker.log_metrics({f"{s}.{k}": v for s, m in metrics.items() for k, v in m.items()}, step=0)
     for path in written:

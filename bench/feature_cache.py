@@ -168,7 +168,10 @@ def main() -> None:
                 "step": "forward (tf 1.0) + caption_loss + backward + clip_grad_norm 5 + AdamW",
                 "augment": "none (both modes)",
             },
-            "rows": [{**r, "epoch_s": round(r["epoch_s"], 2), "captions_per_s": round(r["captions_per_s"], 1)} for r in rows],
+            "rows": [
+                {**r, "epoch_s": round(r["epoch_s"], 2), "captions_per_s": round(r["captions_per_s"], 1)}
+                for r in rows
+            ],
             "speedup": round(speedup, 2),
             "cache_build_s": round(build_s, 2),
             "cache_mib": round(cache_mib, 1),

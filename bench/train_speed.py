@@ -268,7 +268,10 @@ def main() -> None:
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--vocab", type=int, default=3000)
     parser.add_argument(
-        "--small-vocab", type=int, default=54, help="also run captioner+tutorial at this V (0: skip)"
+        "--small-vocab",
+        type=int,
+        default=54,
+        help="also run captioner, lstm_cell, tutorial_proj1 at this V (0: skip)",
     )
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -4,7 +4,7 @@ PY ?= python
 BENCH_ARGS ?=
 
 .PHONY: bench bench-train-speed bench-feature-cache bench-loader bench-beam
-bench: bench-train-speed bench-feature-cache bench-loader bench-beam  ## run every benchmark (~6 min on 2 CPU cores)
+bench: bench-train-speed bench-feature-cache bench-loader bench-beam  ## run every benchmark
 
 bench-train-speed:  ## decoder train-step FLOP/s vs sgemm, captions/s vs the tutorial reference decoder
 	$(PY) bench/train_speed.py $(BENCH_ARGS)

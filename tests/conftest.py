@@ -63,3 +63,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
         cwd=cwd,
     )
     return TinyRun(cwd, cwd / "run" / "best.pt", cwd / "data" / "shapes_smoke")
+
+
+def group_yaml(path) -> dict:
+    """A config-group YAML as the constructor sees it: its keys without the schema's ``defaults`` list."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(OmegaConf.load(path))
+    values.pop("defaults", None)
+    return values

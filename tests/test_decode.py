@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import group_yaml
 
 from captioner.data.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocab
 from captioner.decode import (
@@ -265,8 +265,6 @@ def test_direct_calls_validate_too(decoder: Decoder) -> None:
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
 def test_decode_config_files_hold_every_key(method: str) -> None:
-    values = OmegaConf.to_container(
-        OmegaConf.load(Path(__file__).parents[1] / "conf" / "decode" / f"{method}.yaml")
-    )
+    values = group_yaml(Path(__file__).parents[1] / "conf" / "decode" / f"{method}.yaml")
     assert set(values) == {f.name for f in fields(DecodeConfig)}
     assert asdict(DecodeConfig(**values))["method"] == method

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import group_yaml
 
 from captioner.errors import ConfigError
 from captioner.model import Captioner, Decoder, build_encoder, load_glove
@@ -144,7 +144,7 @@ def test_bad_decoder_config_is_one_line_error(kwargs: dict, needle: str) -> None
 @pytest.mark.parametrize("name", ["sat", "small"])
 def test_decoder_configs_build(name: str) -> None:
     path = Path(__file__).resolve().parents[1] / "conf" / "decoder" / f"{name}.yaml"
-    cfg = OmegaConf.to_container(OmegaConf.load(path))
+    cfg = group_yaml(path)
     dec = Decoder(**{**cfg, "vocab_size": 50, "encoder_dim": 32})
     out = dec(torch.rand(2, 4, 32), torch.randint(1, 50, (2, 5)))
     assert out.logits.shape == (2, 4, 50)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import group_yaml
 from torch import nn
 
 from captioner.errors import ConfigError, DataError
@@ -162,6 +162,6 @@ def test_encoder_configs_map_to_build_encoder() -> None:
     files = sorted(conf.glob("*.yaml"))
     assert {f.stem for f in files} >= set(ARCHS) | {"shufflenet", "mobilenet_v2", "resnet50"}
     for f in files:
-        cfg = OmegaConf.to_container(OmegaConf.load(f))
+        cfg = group_yaml(f)
         assert list(cfg) == kwargs, f.name
         assert cfg["arch"] in ARCHS and (f.stem == cfg["arch"] or f.stem == "shufflenet")

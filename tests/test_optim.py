@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from omegaconf import OmegaConf
+from conftest import group_yaml
 from torch import nn
 
 from captioner.errors import CheckpointError, ConfigError
@@ -265,15 +265,15 @@ def test_clip_gradients_modes() -> None:
 def test_yaml_files_build() -> None:
     model = _Captioner()
     for path in sorted((ROOT / "conf" / "optimizer").glob("*.yaml")):
-        optimizer = build_optimizer(model, **OmegaConf.load(path))
+        optimizer = build_optimizer(model, **group_yaml(path))
         assert optimizer.param_groups[0]["name"] == "encoder"
     names = set()
     for path in sorted((ROOT / "conf" / "scheduler").glob("*.yaml")):
-        schedule = build_scheduler(_opt(), total_steps=300, steps_per_epoch=30, **OmegaConf.load(path))
+        schedule = build_scheduler(_opt(), total_steps=300, steps_per_epoch=30, **group_yaml(path))
         assert schedule.name == path.stem
         names.add(schedule.name)
     assert names == set(SCHEDULERS)
-    values = {p.stem: OmegaConf.load(p).value for p in (ROOT / "conf" / "smoothing").glob("*.yaml")}
+    values = {p.stem: group_yaml(p)["value"] for p in (ROOT / "conf" / "smoothing").glob("*.yaml")}
     assert values == {
         "none": 0.0,
         "ls_0.05": 0.05,

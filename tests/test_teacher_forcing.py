@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 
 import pytest
+from conftest import group_yaml
 from omegaconf import OmegaConf
 
 from captioner.errors import ConfigError
@@ -72,7 +73,7 @@ def test_yaml_files_build_every_schedule() -> None:
     conf = Path(__file__).resolve().parents[1] / "conf" / "tf"
     names = set()
     for path in sorted(conf.glob("*.yaml")):
-        cfg = OmegaConf.merge({"trainer": {"epochs": E}}, {"tf": OmegaConf.load(path)})
+        cfg = OmegaConf.merge({"trainer": {"epochs": E}}, {"tf": group_yaml(path)})
         schedule = build_schedule(**cfg.tf)
         assert schedule.name == path.stem and schedule.epochs == E
         names.add(schedule.name)

@@ -168,7 +168,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     before = (run / "last.pt").read_bytes()
     # Resume restores the optimiser's learning rates, so blow the loss up with an absurd loss weight.
     proc = run_train(
-        shapes_data, tmp_path / "hydra", f"trainer.resume={run}", "trainer.epochs=3", "trainer.att_gamma=1e38"
+        shapes_data, tmp_path / "hydra", f"trainer.resume={run}", "trainer.epochs=3", "trainer.att_gamma=1e39"
     )
     line = assert_user_error(proc, "loss became", "epoch 3", str(run / "last.pt"))
     assert "inf" in line or "nan" in line

@@ -35,7 +35,7 @@ class TrainerConfig:
     cache_features: bool = True
     encode_batch_size: int = 64
     att_gamma: float = 1.0
-    att_reduction: str = "sum"
+    att_reduction: str = "mean"
     seed: int = 0
     resume: str | None = None
     log_every: int = 20
