@@ -3,8 +3,8 @@
 PY ?= python
 BENCH_ARGS ?=
 
-.PHONY: bench bench-train-speed bench-feature-cache bench-loader bench-beam
-bench: bench-train-speed bench-feature-cache bench-loader bench-beam  ## run every benchmark
+.PHONY: bench bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead
+bench: bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead  ## run every benchmark
 
 bench-train-speed:  ## decoder train-step FLOP/s vs sgemm, captions/s vs the tutorial reference decoder
 	$(PY) bench/train_speed.py $(BENCH_ARGS)
@@ -17,3 +17,6 @@ bench-loader:  ## train-loader throughput: 224 px images + augmentation vs cache
 
 bench-beam:  ## batched beam search vs one image at a time
 	$(PY) bench/beam.py $(BENCH_ARGS)
+
+bench-sweep-overhead:  ## per-trial sweep cost besides training: Optuna sweeper, MLflow run, Hydra compose
+	$(PY) bench/sweep_overhead.py $(BENCH_ARGS)

@@ -148,3 +148,77 @@ def test_decoder_configs_build(name: str) -> None:
     dec = Decoder(**{**cfg, "vocab_size": 50, "encoder_dim": 32})
     out = dec(torch.rand(2, 4, 32), torch.randint(1, 50, (2, 5)))
     assert out.logits.shape == (2, 4, 50)
+
+
+def test_blind_decoder_never_sees_the_image() -> None:
+    dec = tiny(context="blind").eval()
+    annotations, captions = batch()
+    other = torch.randn_like(annotations) * 5
+    with torch.no_grad():
+        out, out_other = dec(annotations, captions), dec(other, captions)
+        state, state_other = dec.init_state(annotations), dec.init_state(other)
+    assert torch.equal(out.logits, out_other.logits)
+    assert all(torch.equal(a, b) for a, b in zip(state, state_other))
+    assert torch.allclose(out.alphas, torch.full_like(out.alphas, 1 / L))
+
+
+def test_mean_context_is_uniform_attention_and_differs_from_soft() -> None:
+    soft, mean = tiny().eval(), tiny(context="mean").eval()
+    annotations, captions = batch()
+    with torch.no_grad():
+        out_soft, out_mean = soft(annotations, captions), mean(annotations, captions)
+        # Same weights (same seed): mean context is soft attention with alpha forced uniform.
+        soft.attention.score.weight.zero_()
+        soft.attention.score.bias.zero_()
+        uniform_soft = soft(annotations, captions)
+        out_other = mean(annotations.flip(0), captions)
+    assert torch.equal(out_mean.alphas, torch.full_like(out_mean.alphas, 1 / L))
+    assert not torch.allclose(out_soft.logits, out_mean.logits, atol=1e-4)
+    assert torch.allclose(uniform_soft.logits, out_mean.logits, atol=1e-6)
+    assert not torch.allclose(out_mean.logits, out_other.logits)  # it still sees the image
+
+
+@pytest.mark.parametrize("context", ["mean", "blind"])
+def test_controls_leave_attention_parameters_untrained(context: str) -> None:
+    dec = tiny(context=context)
+    annotations, captions = batch()
+    loss, _ = caption_loss(dec(annotations, captions), captions)
+    loss.backward()
+    assert all(p.grad is None for p in dec.attention.parameters())
+    assert dec.L_o.weight.grad is not None
+    assert (dec.init_h.weight.grad.abs().sum() > 0) == (context == "mean")  # blind: h0 from zeros
+
+
+def test_state_dict_is_the_same_for_every_context() -> None:
+    # One checkpoint layout: a control's weights load into any context (and old checkpoints still load).
+    keys = {c: set(tiny(context=c).state_dict()) for c in ("soft", "mean", "blind")}
+    assert keys["soft"] == keys["mean"] == keys["blind"]
+
+
+def test_decode_respects_context() -> None:
+    from captioner.decode import beam_search, greedy
+
+    dec = tiny(context="blind").eval()
+    a, _ = batch()
+    b = torch.randn_like(a)
+    for method in (greedy, lambda d, x: beam_search(d, x, k=3)):
+        ha, hb = method(dec, a), method(dec, b)
+        assert torch.equal(ha.tokens, hb.tokens) and torch.equal(ha.scores, hb.scores)
+        live = ha.alphas[ha.tokens.unsqueeze(-1).expand_as(ha.alphas) != 0]
+        assert torch.allclose(live, torch.full_like(live, 1 / L))
+
+
+def test_unknown_context_is_one_line_error() -> None:
+    with pytest.raises(ConfigError) as err:
+        tiny(context="hard")
+    assert "decoder.context='hard'" in str(err.value) and "soft, mean, blind" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name, context", [("blind", "blind"), ("mean_context", "mean")])
+def test_control_experiments_set_context_and_tag(name: str, context: str) -> None:
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).resolve().parents[1] / "conf" / "experiment" / f"{name}.yaml"
+    cfg = OmegaConf.load(path)
+    assert cfg.decoder.context == context and cfg.logger.tags.control == name

@@ -125,6 +125,7 @@ class DecoderConfig:
     embed_max_norm: float | None = None
     pretrained_embeddings: str | None = None
     freeze_embeddings: bool = False
+    context: str = "soft"
 
 
 @dataclass

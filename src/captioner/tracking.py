@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,9 @@ class MlflowTracker(NullTracker):
         if study:
             all_tags["mlflow.parentRunId"] = self._parent_run(exp_id, study)
             all_tags.update({"sweep.study": study, "sweep.trial": str(trial)})
+        if run_name is None:  # MLflow's random names repeat once the loop has seeded `random`
+            version = all_tags.get("seed_version")
+            run_name = f"{version or 'trial'}-t{trial}" if study else time.strftime("run-%Y%m%d-%H%M%S")
         run = self.client.create_run(exp_id, run_name=run_name, tags=all_tags)
         self.run_id = run.info.run_id
         params = {k: str(v)[:6000] for k, v in flatten(params).items()}

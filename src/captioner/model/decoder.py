@@ -13,6 +13,10 @@ from captioner.errors import ConfigError, DataError, require
 from captioner.model.attention import SoftAttention
 
 BETA_GATES = ("scalar", "channel", "none")
+# Where z_t comes from: the paper's soft attention, or one of the quality table's two controls.
+# "mean" is Show-and-Tell-like (z_t = mean annotation every step); "blind" never sees the image
+# (h0/c0 from zeros, z_t = 0), so its scores show how far a language model alone gets.
+CONTEXTS = ("soft", "mean", "blind")
 
 State = tuple[Tensor, Tensor]
 
@@ -60,6 +64,11 @@ def load_glove(embedding: nn.Embedding, path: str | Path, itos: Sequence[str]) -
 class Decoder(nn.Module):
     """Attention LSTM over annotations (B,L,D) producing next-word logits, one step at a time.
 
+    ``context`` picks z_t: ``soft`` (the paper), ``mean`` (uniform alpha, z_t = mean annotation) or
+    ``blind`` (z_t = 0 and h0/c0 from zeros: the image never reaches the words). The controls return
+    a uniform alpha (1/L) so figures and grounding metrics still run; they keep the attention module
+    (same parameters, same checkpoints) but never call it.
+
     Weight tying makes the output projection's weight the embedding's Parameter (same storage, both
     paths train it). With deep output the projection is L_o (E -> V), so any sizes tie; without it the
     projection reads the hidden state, so tying needs ``hidden_dim == embed_dim`` (ConfigError otherwise,
@@ -81,6 +90,7 @@ class Decoder(nn.Module):
         embed_max_norm: float | None = None,
         pretrained_embeddings: str | None = None,
         freeze_embeddings: bool = False,
+        context: str = "soft",
         vocab_itos: Sequence[str] | None = None,
     ):
         super().__init__()
@@ -97,6 +107,10 @@ class Decoder(nn.Module):
         require(
             beta_gate in BETA_GATES,
             f"decoder.beta_gate={beta_gate!r} is unknown; valid: {', '.join(BETA_GATES)}",
+        )
+        require(
+            context in CONTEXTS,
+            f"decoder.context={context!r} is unknown; valid: {', '.join(CONTEXTS)}",
         )
         require(
             not (tie_weights and not deep_output and hidden_dim != embed_dim),
@@ -126,6 +140,7 @@ class Decoder(nn.Module):
         self.beta_gate = beta_gate
         self.tie_weights = tie_weights
         self.embed_max_norm = embed_max_norm
+        self.context = context
 
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         # Small init keeps tied logits near zero at the start (N(0,1) rows give huge logits).
@@ -167,12 +182,19 @@ class Decoder(nn.Module):
         return e
 
     def project(self, annotations: Tensor) -> Tensor:
-        """Attention's annotation projection W_a a, (B,L,D) -> (B,L,A); once per image."""
+        """Attention's annotation projection W_a a, (B,L,D) -> (B,L,A); once per image.
+
+        The controls never attend, so they get an empty (B,L,0) stand-in that decoders can still repeat.
+        """
+        if self.context != "soft":
+            return annotations[..., :0]
         return self.attention.project(annotations)
 
     def init_state(self, annotations: Tensor) -> State:
-        """h0, c0 (num_layers,B,H) each, from tanh MLPs of the mean annotation (Sec. 3.1.2)."""
+        """h0, c0 (num_layers,B,H) each, from tanh MLPs of the mean annotation (Sec. 3.1.2); blind: of zeros."""
         mean = annotations.mean(dim=1)
+        if self.context == "blind":  # same MLPs, same parameters, but no image information
+            mean = torch.zeros_like(mean)
         b = mean.shape[0]
         h = torch.tanh(self.init_h(mean)).view(b, self.num_layers, self.hidden_dim).transpose(0, 1)
         c = torch.tanh(self.init_c(mean)).view(b, self.num_layers, self.hidden_dim).transpose(0, 1)
@@ -184,7 +206,7 @@ class Decoder(nn.Module):
         """One time step: previous words (B,) -> next-word logits (B,V), alpha (B,L), new state."""
         h, c = state
         emb = self.embed(words)
-        context, alpha = self.attention(annotations, projected, h[-1])  # z_t from h_{t-1}, Eq. 4-6
+        context, alpha = self.attend(annotations, projected, h[-1])
         if self.f_beta is not None:
             context = torch.sigmoid(self.f_beta(h[-1])) * context  # beta gate, Sec. 4.2.1
         out, (h, c) = self.lstm(torch.cat([emb, context], dim=-1).unsqueeze(0), (h, c))
@@ -194,6 +216,16 @@ class Decoder(nn.Module):
         else:
             logits = self.L_o(self.dropout(h_t))
         return logits, alpha, (h, c)
+
+    def attend(self, annotations: Tensor, projected: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        """Context z_t (B,D) and alpha (B,L) for ``self.context``; soft reads h_{t-1} (Eq. 4-6)."""
+        if self.context == "soft":
+            return self.attention(annotations, projected, hidden)
+        b, num_locations, _ = annotations.shape
+        alpha = annotations.new_full((b, num_locations), 1.0 / num_locations)
+        if self.context == "mean":
+            return annotations.mean(dim=1), alpha
+        return annotations.new_zeros(b, annotations.shape[-1]), alpha
 
     def forward(self, annotations: Tensor, captions: Tensor, teacher_forcing: float = 1.0) -> DecoderOutput:
         """Predict captions[:, 1:] from captions[:, :-1], with scheduled sampling (Bengio et al. 2015).

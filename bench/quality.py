@@ -1,0 +1,244 @@
+"""The quality table: trained runs (soft attention and its controls) x decoding x test splits.
+
+    python bench/quality.py --run soft=runs/quality_default --run blind=runs/quality_blind \\
+        --run mean=runs/quality_mean [--decode greedy beam3 beam5] [--splits test test_novel]
+
+Each ``--run LABEL=PATH`` is a training run folder (its ``best.pt`` is used) or a checkpoint file;
+a bare ``PATH`` is labelled by its folder name. The runs come from ``python train.py`` (the controls:
+``experiment=blind``, ``experiment=mean_context``); this script only evaluates, it never trains. Every
+checkpoint is scored with ``captioner.inference.evaluate_checkpoint`` on its own prepared data, for
+each decoding (``greedy`` or ``beamK``, other options at the ``DecodeConfig`` defaults) and split.
+
+Prints one row per (run, decode, split) with a ``target`` column against the quality targets below,
+and writes bench/results/quality.json (git commit, machine, command, date, checkpoint paths and
+hashes, every metric). Each evaluation is also saved next to its checkpoint as
+``quality/<decode>_<split>.json`` (metrics and captions); ``--reuse`` takes those instead of decoding
+again when the checkpoint's SHA-256 and the decode options still match.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+from common import Run, print_table
+
+from captioner.decode import DecodeConfig
+from captioner.errors import CaptionerError, CheckpointError, ConfigError
+from captioner.evaluation import TEST_METRICS
+
+# (split, metric) -> minimum; the soft-attention model should meet all of them, the controls should not.
+TARGETS: dict[tuple[str, str], float] = {
+    ("test", "object_f1"): 0.97,
+    ("test", "exact_scene"): 0.90,
+    ("test_novel", "object_f1"): 0.80,
+    ("test", "pointing_accuracy"): 0.85,  # pointing is measured on object words only
+}
+COLUMNS = [
+    ("run", "run"),
+    ("decode", "decode"),
+    ("split", "split"),
+    ("bleu4", "BLEU-4"),
+    ("cider_d", "CIDEr-D"),
+    ("meteor", "METEOR"),
+    ("object_f1", "obj F1"),
+    ("exact_scene", "exact scene"),
+    ("pointing_accuracy", "pointing"),
+    ("attention_mass", "att mass"),
+    ("target", "target"),
+]
+SHORT = {"object_f1": "F1", "exact_scene": "scene", "pointing_accuracy": "pointing"}
+
+
+def parse_run(spec: str) -> tuple[str, Path]:
+    """``LABEL=PATH`` or ``PATH`` -> (label, checkpoint file); a folder means its best.pt."""
+    label, sep, path_text = spec.partition("=")
+    if not sep:
+        label, path_text = "", spec
+    path = Path(path_text)
+    checkpoint = path / "best.pt" if path.is_dir() else path
+    if not checkpoint.is_file():
+        raise CheckpointError(
+            f"--run {spec}: {checkpoint} does not exist; pass a trained run folder (with best.pt) or a "
+            f"checkpoint file, e.g. train one with `python train.py hydra.run.dir={path}`"
+        )
+    return label or checkpoint.parent.name, checkpoint
+
+
+def decode_config(name: str) -> dict[str, Any]:
+    """``greedy`` or ``beamK`` (e.g. beam5) -> a full DecodeConfig dict, other options at their defaults."""
+    if name == "greedy":
+        return asdict(DecodeConfig(method="greedy", k=1))
+    match = re.fullmatch(r"beam(\d+)", name)
+    if match is None:
+        raise ConfigError(
+            f"--decode {name!r} is unknown; use greedy or beamK with K the beam width, e.g. beam3"
+        )
+    return asdict(DecodeConfig(method="beam", k=int(match.group(1))))
+
+
+def sha256(path: Path) -> str:
+    """SHA-256 of a file, read in chunks (checkpoints are tens of MB)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def check_targets(split: str, metrics: dict[str, Any]) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The table's target cell ("ok", "miss F1,scene" or "" when no target applies) and the details."""
+    details, missed = {}, []
+    for (target_split, metric), minimum in TARGETS.items():
+        if target_split != split:
+            continue
+        value = metrics.get(metric)
+        met = value is not None and not math.isnan(value) and value >= minimum
+        details[metric] = {"value": value, "target": minimum, "met": met}
+        if not met:
+            missed.append(SHORT[metric])
+    if not details:
+        return "", details
+    return ("ok" if not missed else "miss " + ",".join(missed)), details
+
+
+def evaluate_one(
+    loaded: Any, root: Path, split: str, decode: str, decode_cfg: dict, args: argparse.Namespace, digest: str
+) -> tuple[dict[str, Any], bool]:
+    """Metrics of one (checkpoint, decode, split), reused from quality/<decode>_<split>.json when allowed."""
+    from captioner import inference
+    from captioner.data.records import write_json_atomic
+
+    saved = loaded.path.parent / "quality" / f"{decode}_{split}.json"
+    if args.reuse and saved.is_file():
+        record = json.loads(saved.read_text())
+        if record.get("checkpoint_sha256") == digest and record.get("decode") == decode_cfg:
+            return record["metrics"], True
+    result = inference.evaluate_checkpoint(
+        loaded, root, [split], decode_cfg, args.device, args.batch_size, TEST_METRICS
+    )[split]
+    # JSON has no NaN: metrics undefined on a split (no object words) are saved as null.
+    metrics = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in result.metrics.items()}
+    write_json_atomic(
+        saved,
+        {
+            "checkpoint": str(loaded.path),
+            "checkpoint_sha256": digest,
+            "decode": decode_cfg,
+            "split": split,
+            "metrics": metrics,
+            "captions": {i: " ".join(w) for i, w in sorted(result.captions.items())},
+        },
+        indent=1,
+    )
+    return metrics, False
+
+
+def build_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Evaluate every run x decode x split; returns (table rows, per-run provenance)."""
+    from captioner import inference
+    from captioner.data.records import read_annotations
+
+    runs = [parse_run(spec) for spec in args.run]
+    labels = [label for label, _ in runs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"--run labels {labels} repeat; give each run its own LABEL=PATH")
+    decodes = {name: decode_config(name) for name in args.decode}
+    rows, sources = [], []
+    for label, checkpoint in runs:
+        loaded = inference.load_captioner(checkpoint, args.device)
+        root = inference.resolve_data_root(loaded, args.data_root)
+        present = sorted({r.split for r in read_annotations(root)})
+        absent = [s for s in args.splits if s not in present]
+        if absent:  # fail before any decoding, naming the splits there are
+            raise ConfigError(f"--splits {' '.join(absent)}: not in {root}; it has {', '.join(present)}")
+        digest = sha256(checkpoint)
+        sources.append(
+            {
+                "run": label,
+                "checkpoint": str(checkpoint.resolve()),
+                "checkpoint_sha256": digest,
+                "data_root": str(root),
+                "context": loaded.config["decoder"].get("context", "soft"),
+                "tags": (loaded.config.get("logger") or {}).get("tags") or {},
+                "trained_run_id": loaded.run_id,
+            }
+        )
+        for decode, decode_cfg in decodes.items():
+            for split in args.splits:
+                metrics, reused = evaluate_one(loaded, root, split, decode, decode_cfg, args, digest)
+                target, details = check_targets(split, metrics)
+                rows.append(
+                    {
+                        "run": label,
+                        "decode": decode,
+                        "split": split,
+                        **metrics,
+                        "target": target,
+                        "targets": details,
+                        "reused": reused,
+                    }
+                )
+                print(f"{label} {decode} {split}: {'reused' if reused else 'evaluated'}", file=sys.stderr)
+    return rows, sources
+
+
+def main() -> None:
+    """Parse arguments, evaluate, print the table, write bench/results/quality.json."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--run", action="append", required=True, metavar="LABEL=PATH", help="run folder or .pt"
+    )
+    parser.add_argument("--decode", nargs="+", default=["greedy", "beam3", "beam5"])
+    parser.add_argument("--splits", nargs="+", default=["test", "test_novel"])
+    parser.add_argument("--data-root", default=None, help="prepared data folder (default: each checkpoint's)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads (the machine is shared)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse saved evaluations of unchanged checkpoints"
+    )
+    parser.add_argument("--out", default=None, help="JSON record path (default bench/results/quality.json)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    run = Run("quality")
+    try:
+        from captioner.train.setup import resolve_device
+
+        args.device = resolve_device(args.device)
+        rows, sources = build_table(args)
+    except CaptionerError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    print_table(
+        rows,
+        COLUMNS,
+        title="Quality (text metrics 0-100, grounding 0-1, blank = undefined); " + _targets_line(),
+    )
+    run.write(
+        {
+            "device": str(args.device),
+            "decode": {name: decode_config(name) for name in args.decode},
+            "splits": args.splits,
+            "targets": [{"split": s, "metric": m, "min": v} for (s, m), v in TARGETS.items()],
+            "runs": sources,
+            "rows": rows,
+        },
+        out=args.out,
+    )
+
+
+def _targets_line() -> str:
+    return "targets: " + ", ".join(f"{s} {SHORT[m]} >= {v}" for (s, m), v in TARGETS.items())
+
+
+if __name__ == "__main__":
+    main()
