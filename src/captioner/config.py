@@ -37,6 +37,7 @@ class TrainerConfig:
     att_gamma: float = 1.0
     att_reduction: str = "mean"
     seed: int = 0
+    threads: int = 0
     resume: str | None = None
     log_every: int = 20
     figures: int = 4

@@ -69,6 +69,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
 
     t = cfg.trainer
     validate_config(cfg)
+    if t.threads > 0:  # several runs on one machine: oversubscribed OpenMP threads spin and crawl
+        torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
     dist_info = init_distributed(device.type)
     if dist_info.enabled and device.type == "cuda":
@@ -316,10 +318,13 @@ def _check_resume_compatible(state: dict[str, Any], vocab: Vocab, cfg: DictConfi
     saved = state["config"]
     for key in ("encoder", "decoder"):
         now = OmegaConf.to_container(cfg[key], resolve=True)
-        if saved.get(key) != now:
+        before = saved.get(key, {})
+        # keys added to the schema after the checkpoint was written are not a difference
+        changed = sorted(k for k in now if k in before and before[k] != now[k])
+        if changed:
+            diff = ", ".join(f"{key}.{k}: {before[k]} -> {now[k]}" for k in changed)
             raise CheckpointError(
-                f"the checkpoint was trained with another {key} config ({saved.get(key)} vs {now}); "
-                f"resume with the same {key} settings"
+                f"the checkpoint was trained with another {key} config ({diff}); resume with the same {key} settings"
             )
 
 
