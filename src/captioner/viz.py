@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -48,7 +49,7 @@ def attention_figure(
     for ax in axes.flat:
         ax.axis("off")
     axes.flat[0].imshow(image)
-    axes.flat[0].set_title(title or "input", fontsize=9)
+    axes.flat[0].set_title(textwrap.fill(title or "input", 34), fontsize=8)
     h, w = image.shape[:2]
     for i, (word, alpha) in enumerate(zip(words, alphas, strict=True), start=1):
         ax = axes.flat[i]

@@ -32,7 +32,8 @@ def sweep_trial() -> Any:
         sweeper.storage is not None,
         "hydra.sweeper.storage: null (in memory) cannot be shared with the task; set a URL",
     )
-    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else None
+    # No pruner configured means no pruning (optuna.load_study(pruner=None) would pick MedianPruner).
+    pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else optuna.pruners.NopPruner()
     storage = make_storage(sweeper.storage)
     study = optuna.load_study(study_name=os.environ[ENV_STUDY], storage=storage, pruner=pruner)
     number = int(os.environ[ENV_TRIAL])

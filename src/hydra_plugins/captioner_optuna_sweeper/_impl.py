@@ -332,7 +332,8 @@ class OptunaSweeperImpl:
         self.n_jobs = n_jobs
         self.params = OmegaConf.to_container(params) if params is not None else {}
         self.custom_search_space = get_method(custom_search_space) if custom_search_space else None
-        self.pruner = instantiate(pruner) if pruner else None
+        # No pruner configured means no pruning: optuna.create_study(pruner=None) would pick MedianPruner.
+        self.pruner = instantiate(pruner) if pruner else optuna.pruners.NopPruner()
         self.heartbeat_interval = heartbeat_interval
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
