@@ -20,3 +20,10 @@ bench-beam:  ## batched beam search vs one image at a time
 
 bench-sweep-overhead:  ## per-trial sweep cost besides training: Optuna sweeper, MLflow run, Hydra compose
 	$(PY) bench/sweep_overhead.py $(BENCH_ARGS)
+
+.PHONY: bench-flickr8k bench-coco
+bench-flickr8k:  ## real photos: train the seed's best setup on Flickr8k, score Karpathy test vs the SAT paper (GPU + photos)
+	$(PY) bench/real_photos.py flickr8k $(BENCH_ARGS)
+
+bench-coco:  ## real photos: the same on COCO (Karpathy splits)
+	$(PY) bench/real_photos.py coco $(BENCH_ARGS)
