@@ -3,10 +3,14 @@
     python bench/beam.py                       # both model sizes, 64 images, k=5
     python bench/beam.py --sizes sat --images 32
     python bench/beam.py --device cuda         # adds a "cuda" record beside the "cpu" one
+    python bench/beam.py --trained none        # skip the trained-model row
 
 Prints a table and writes the run's record under its device key ("cpu", "cuda") of
 bench/results/beam.json, keeping the other devices' records. Weights are random, so captions rarely end early:
-both paths run all ``max_len`` steps, which keeps the comparison like for like.
+both paths run all ``max_len`` steps, which keeps the comparison like for like (the main table).
+When ``--trained`` (default runs/quality_default/best.pt) and its data's cached test features
+exist, an extra row decodes them with that trained decoder: captions end at different lengths,
+so it shows what dropping finished images from the batch buys.
 """
 
 from __future__ import annotations
@@ -21,11 +25,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from captioner.decode import beam_search
 from captioner.model.decoder import Decoder
 
+ROOT = Path(__file__).resolve().parent.parent
 # The paper-sized model (MobileNetV2-like 1280-d annotations on a 7x7 grid) and a small one.
 SIZES = {
     "sat": dict(
@@ -47,28 +53,66 @@ def timed(fn, device: torch.device) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def bench_size(
-    name: str, images: int, k: int, max_len: int, repeats: int, device: torch.device
-) -> list[dict]:
-    """Time batched and per-image beam search on one randomly initialised decoder."""
+def random_decoder(name: str, images: int, device: torch.device) -> tuple[str, Decoder, torch.Tensor]:
+    """A randomly initialised SAT decoder of size ``name`` and random annotations for it."""
     size = SIZES[name]
     torch.manual_seed(0)
-    decoder = (
-        Decoder(
-            vocab_size=size["vocab_size"],
-            encoder_dim=size["encoder_dim"],
-            embed_dim=size["embed_dim"],
-            hidden_dim=size["hidden_dim"],
-            attention_dim=size["attention_dim"],
-            num_layers=1,
-            dropout=0.0,
-            deep_output=True,
-            beta_gate="scalar",
-        )
-        .to(device)
-        .eval()
+    decoder = Decoder(
+        vocab_size=size["vocab_size"],
+        encoder_dim=size["encoder_dim"],
+        embed_dim=size["embed_dim"],
+        hidden_dim=size["hidden_dim"],
+        attention_dim=size["attention_dim"],
+        num_layers=1,
+        dropout=0.0,
+        deep_output=True,
+        beta_gate="scalar",
     )
-    annotations = torch.rand(images, size["locations"], size["encoder_dim"], device=device)
+    annotations = torch.rand(images, size["locations"], size["encoder_dim"])
+    model = (
+        f"{name}: D={size['encoder_dim']} L={size['locations']} H={size['hidden_dim']} V={size['vocab_size']}"
+    )
+    return model, decoder.to(device).eval(), annotations.to(device)
+
+
+def trained_decoder(
+    checkpoint: Path, images: int, device: torch.device
+) -> tuple[str, Decoder, torch.Tensor] | None:
+    """The checkpoint's decoder and the first test images' cached features, or None if either is missing."""
+    if not checkpoint.is_file():
+        return None
+    from captioner.inference import load_captioner
+
+    loaded = load_captioner(checkpoint)
+    root = ROOT / loaded.config["data"]["root"]
+    # The feature cache folder written for this checkpoint's (frozen) encoder config.
+    for meta in sorted(root.glob("features/*/meta.json")):
+        info = json.loads(meta.read_text())
+        if info.get("encoder") == loaded.config["encoder"] and "test" in info.get("splits", []):
+            features = np.load(meta.parent / "test.npy", mmap_mode="r")[:images]
+            annotations = torch.from_numpy(features.astype(np.float32)).flatten(1, 2)
+            break
+    else:
+        return None
+    decoder = loaded.model.decoder
+    model = (
+        f"trained: {checkpoint.parent.name} D={decoder.encoder_dim} L={annotations.shape[1]} "
+        f"H={decoder.hidden_dim} V={decoder.vocab_size}"
+    )
+    return model, decoder.to(device).eval(), annotations.to(device)
+
+
+def bench_decoder(
+    model: str,
+    decoder: Decoder,
+    annotations: torch.Tensor,
+    k: int,
+    max_len: int,
+    repeats: int,
+    device: torch.device,
+) -> list[dict]:
+    """Time batched and per-image beam search of ``annotations`` with ``decoder``."""
+    images = annotations.shape[0]
     beam_search(decoder, annotations[:2], k=k, max_len=3)  # warm-up: allocator, kernels
 
     def batched():
@@ -83,9 +127,6 @@ def bench_size(
     same = sum(
         torch.equal(s.tokens[0, 0], hyp.tokens[i, 0, : s.tokens.shape[-1]]) for i, s in enumerate(singles)
     )
-    model = (
-        f"{name}: D={size['encoder_dim']} L={size['locations']} H={size['hidden_dim']} V={size['vocab_size']}"
-    )
     rows = []
     for method, seconds in (("per-image", t_single), ("batched", t_batched)):
         rows.append(
@@ -96,6 +137,7 @@ def bench_size(
                 "k": k,
                 "max_len": max_len,
                 "steps": int(hyp.tokens.shape[-1]),
+                "mean_length": round(float(hyp.lengths[:, 0].float().mean()), 2),
                 "seconds": round(seconds, 4),
                 "images_per_s": round(images / seconds, 2),
                 "speedup": round(t_single / seconds, 2),
@@ -115,21 +157,36 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument(
+        "--trained",
+        default="runs/quality_default/best.pt",
+        help="checkpoint (relative to the repo) for the trained-model row; 'none' skips it",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "beam.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
 
+    setups = [random_decoder(name, args.images, device) for name in args.sizes]
+    if args.trained != "none":
+        trained = trained_decoder(ROOT / args.trained, args.images, device)
+        if trained is None:
+            print(f"no trained row: {args.trained} or its cached test features are missing")
+        else:
+            setups.append(trained)
     rows = [
         r
-        for name in args.sizes
-        for r in bench_size(name, args.images, args.k, args.max_len, args.repeats, device)
+        for model, decoder, annotations in setups
+        for r in bench_decoder(model, decoder, annotations, args.k, args.max_len, args.repeats, device)
     ]
-    print(f"{'model':<42} {'method':<10} {'images':>6} {'seconds':>8} {'images/s':>9} {'speed-up':>8}")
+    print(
+        f"{'model':<48} {'method':<10} {'images':>6} {'steps':>5} {'mean len':>8} {'seconds':>8} "
+        f"{'images/s':>9} {'speed-up':>8}"
+    )
     for r in rows:
         print(
-            f"{r['model']:<42} {r['method']:<10} {r['images']:>6} {r['seconds']:>8.3f} "
-            f"{r['images_per_s']:>9.2f} {r['speedup']:>7.2f}x"
+            f"{r['model']:<48} {r['method']:<10} {r['images']:>6} {r['steps']:>5} {r['mean_length']:>8.2f} "
+            f"{r['seconds']:>8.3f} {r['images_per_s']:>9.2f} {r['speedup']:>7.2f}x"
         )
     commit = subprocess.run(
         ["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True

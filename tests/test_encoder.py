@@ -68,6 +68,46 @@ def test_non_square_input_and_upsampling() -> None:
         assert up(torch.rand(1, 3, 224, 320)).shape[1:3] == (12, 12)
 
 
+@pytest.mark.parametrize(
+    "arch, layer, shape",
+    [
+        ("mobilenet_v2", "features.13", (14, 14, 96)),
+        ("resnet18", "layer3", (14, 14, 256)),
+        ("shufflenet_v2_x0_5", "stage3", (14, 14, 96)),
+        ("mnasnet0_5", "layers.10", (14, 14, 40)),
+    ],
+)
+def test_layer_ends_the_backbone_early(arch: str, layer: str, shape: tuple) -> None:
+    torch.manual_seed(0)
+    enc = build_encoder(arch, pretrained=False, layer=layer).eval()
+    with torch.no_grad():
+        fmap = enc(torch.rand(1, 3, 224, 224))
+    assert fmap.shape[1:] == shape and enc.out_dim == shape[-1]
+
+
+def test_layer_output_equals_the_full_trunk_prefix() -> None:
+    """The cut backbone computes exactly what the same blocks compute inside the full network."""
+    torch.manual_seed(0)
+    full = build_encoder("mobilenet_v2", pretrained=False).eval()
+    cut = build_encoder("mobilenet_v2", pretrained=False, layer="features.6").eval()
+    prefix = {k: v for k, v in full.backbone.state_dict().items() if int(k.split(".")[0]) < 7}
+    cut.backbone.load_state_dict({f"extractor.features.{k}": v for k, v in prefix.items()})
+    images = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        expected = full.backbone[:7]((images - full.mean) / full.std).permute(0, 2, 3, 1)
+        assert torch.allclose(cut(images), expected, atol=1e-5)
+
+
+def test_frozen_cut_backbone_keeps_batchnorm_still() -> None:
+    enc = build_encoder("mobilenet_v2", pretrained=False, layer="features.4")
+    enc.train()
+    before = [m.running_mean.clone() for m in enc.modules() if isinstance(m, nn.BatchNorm2d)]
+    enc(torch.rand(2, 3, 64, 64))
+    after = [m.running_mean for m in enc.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert before and all(torch.equal(a, b) for a, b in zip(before, after, strict=True))
+    assert not any(p.requires_grad for p in enc.backbone.parameters())
+
+
 def test_mobilenet_v2_pretrained_loads_offline_file(tmp_path, monkeypatch, no_network) -> None:
     if not WEIGHTS.is_file():
         pytest.skip(f"offline weights not found at {WEIGHTS} (clone ../shared beside the repo)")
@@ -148,6 +188,8 @@ def test_finetune_start_step_defers_unfreezing() -> None:
         ({"arch": "resnet18", "encoder_dim": 0}, "encoder_dim=0"),
         ({"arch": "resnet18", "encoder_size": -2}, "encoder_size=-2"),
         ({"arch": "resnet18", "finetune_start_step": -1}, "finetune_start_step=-1"),
+        ({"arch": "resnet18", "layer": "layer9"}, "layer1, layer2, layer3, layer4"),
+        ({"arch": "mobilenet_v2", "layer": 13}, "encoder.layer=13"),
     ],
 )
 def test_bad_encoder_config(kwargs: dict, needle: str) -> None:

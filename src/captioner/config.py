@@ -109,6 +109,7 @@ class EncoderConfig:
     encoder_size: int | None = None
     finetune: bool = False
     finetune_start_step: int = 0
+    layer: str | None = None
 
 
 @dataclass

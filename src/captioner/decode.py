@@ -252,7 +252,8 @@ def _banned(ban_unk: bool) -> list[int]:
 
 def _log_probs(logits: Tensor, temperature: float, banned: list[int]) -> Tensor:
     """Temperature-scaled log-probabilities over the full vocabulary, banned words set to -inf."""
-    logp = torch.log_softmax(logits / temperature, dim=-1)
+    # x / 1.0 == x exactly, so skipping the division at temperature 1 changes no number.
+    logp = torch.log_softmax(logits if temperature == 1.0 else logits / temperature, dim=-1)
     logp[:, banned] = -math.inf
     return logp
 
@@ -273,16 +274,19 @@ def _top_k_top_p(logp: Tensor, top_k: int, top_p: float) -> Tensor:
     return logp
 
 
-def _prepare(decoder: nn.Module, annotations: Tensor, copies: int) -> tuple[Tensor, Tensor, tuple]:
-    """Annotations, their attention projection and the initial LSTM state, each row repeated."""
+def _prepare(decoder: nn.Module, annotations: Tensor, copies: int) -> tuple[Tensor, tuple]:
+    """The annotations' attention projection (one row per image) and the initial LSTM state, each
+    state row repeated ``copies`` times: the copies share the image's annotations in ``Decoder.step``."""
     require(
         annotations.dim() == 3 and annotations.shape[-1] == decoder.encoder_dim,
         f"decode annotations shape {tuple(annotations.shape)} must be (B, L, {decoder.encoder_dim}); "
         "flatten the encoder map with Captioner.encode first",
     )
     projected = decoder.project(annotations)  # once per image, not once per beam
-    state = tuple(s.repeat_interleave(copies, dim=1) for s in decoder.init_state(annotations))
-    return annotations.repeat_interleave(copies, 0), projected.repeat_interleave(copies, 0), state
+    state = decoder.init_state(annotations)
+    if copies > 1:
+        state = tuple(s.repeat_interleave(copies, dim=1) for s in state)
+    return projected, state
 
 
 @torch.inference_mode()
@@ -296,14 +300,14 @@ def _rollout(
     choose: Callable[[Tensor], Tensor],
 ) -> Hypotheses:
     """Decode B*n independent rows, ``choose`` picking each next word from the log-probs."""
-    feats, projected, state = _prepare(decoder, annotations, n)
+    projected, state = _prepare(decoder, annotations, n)
     banned = _banned(ban_unk)
-    rows = feats.shape[0]
-    words = torch.full((rows,), START_ID, dtype=torch.long, device=feats.device)
-    finished = torch.zeros(rows, dtype=torch.bool, device=feats.device)
+    rows = annotations.shape[0] * n
+    words = torch.full((rows,), START_ID, dtype=torch.long, device=annotations.device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=annotations.device)
     tokens, log_probs, alphas = [], [], []
     for _ in range(max_len):
-        logits, alpha, state = decoder.step(words, state, feats, projected)
+        logits, alpha, state = decoder.step(words, state, annotations, projected)
         logp = _log_probs(logits, temperature, banned)
         words = choose(logp).masked_fill(finished, PAD_ID)
         tokens.append(words)
@@ -336,37 +340,72 @@ def _beam_search(
 ) -> Hypotheses:
     batch, num_locations, _ = annotations.shape
     vocab_size = decoder.vocab_size
-    feats, projected, state = _prepare(decoder, annotations, k)
-    device = feats.device
-    # Only beam 0 is live at the start, so the first step does not yield k copies of each word.
-    scores = torch.full((batch, k), -math.inf, dtype=feats.dtype, device=device)
-    scores[:, 0] = 0.0
-    finished = torch.zeros(batch, k, dtype=torch.bool, device=device)
+    # The first step has one beam per image (all k would be copies of it): one decoder row per image.
+    projected, state = _prepare(decoder, annotations, 1)
+    device, dtype = annotations.device, annotations.dtype
     # A finished beam has one continuation, <pad> at no cost: its score is frozen and it is not expanded.
-    frozen = torch.full((vocab_size,), -math.inf, dtype=feats.dtype, device=device)
+    frozen = torch.full((vocab_size,), -math.inf, dtype=dtype, device=device)
     frozen[PAD_ID] = 0.0
-    row_offset = torch.arange(batch, device=device)[:, None] * k
-    words = torch.full((batch * k,), START_ID, dtype=torch.long, device=device)
+    # Images whose k beams have all finished leave the live batch (``live`` maps live rows to images),
+    # so the decoder rows shrink as captions end. Their later history is the finished beam's own:
+    # <pad> at log p 0 with itself as parent, which these defaults give.
+    live = torch.arange(batch, device=device)
+    pad_words = torch.full((batch, k), PAD_ID, dtype=torch.long, device=device)
+    self_parent = torch.arange(k, device=device).expand(batch, k)
+    no_logp = torch.zeros(batch, k, dtype=dtype, device=device)
+    no_alpha = torch.zeros(batch, k, num_locations, dtype=dtype, device=device)
+    final_scores = torch.empty(batch, k, dtype=dtype, device=device)
+    scores = torch.zeros(batch, 1, dtype=dtype, device=device)  # (live images, beams so far)
+    finished = torch.zeros(batch, 1, dtype=torch.bool, device=device)
+    words = torch.full((batch,), START_ID, dtype=torch.long, device=device)
     history: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []  # per step: word, parent, log p, alpha
     for _ in range(max_len):
-        logits, alpha, state = decoder.step(words, state, feats, projected)
-        logp = _log_probs(logits, temperature, banned).view(batch, k, vocab_size)
-        logp = torch.where(finished[..., None], frozen, logp)
-        # topk over the k*V candidates of each image (the seed's flattened topk, // and %).
-        scores, flat = (scores[..., None] + logp).view(batch, k * vocab_size).topk(k, dim=1)
+        n_live, beams = scores.shape
+        logits, alpha, state = decoder.step(words, state, annotations, projected)
+        logp = _log_probs(logits, temperature, banned).view(n_live, beams, vocab_size)
+        if bool(finished.any()):
+            logp = torch.where(finished[..., None], frozen, logp)
+        # topk over the beams*V candidates of each image (the seed's flattened topk, // and %).
+        scores, flat = (scores[..., None] + logp).view(n_live, beams * vocab_size).topk(k, dim=1)
         parent, word = flat // vocab_size, flat % vocab_size
-        word_logp = logp.view(batch, k * vocab_size).gather(1, flat)
-        word_alpha = alpha.view(batch, k, num_locations).gather(
+        word_logp = logp.view(n_live, beams * vocab_size).gather(1, flat)
+        word_alpha = alpha.view(n_live, beams, num_locations).gather(
             1, parent[..., None].expand(-1, -1, num_locations)
         )
         was_finished = finished.gather(1, parent)
         word_alpha = word_alpha.masked_fill(was_finished[..., None], 0.0)
-        history.append((word, parent, word_logp, word_alpha))
         finished = was_finished | (word == END_ID)
-        state = tuple(s.index_select(1, (row_offset + parent).view(-1)) for s in state)
+        if n_live == batch:
+            history.append((word, parent, word_logp, word_alpha))
+        else:
+            history.append(
+                (
+                    pad_words.index_put((live,), word),
+                    self_parent.index_put((live,), parent),
+                    no_logp.index_put((live,), word_logp),
+                    no_alpha.index_put((live,), word_alpha),
+                )
+            )
+        # Decoder rows of the next step: each surviving beam's parent row, for the images still live.
+        rows = torch.arange(n_live, device=device)[:, None] * beams + parent
+        done = finished.all(dim=1)
+        if bool(done.any()):
+            final_scores[live[done]] = scores[done]
+            keep = (~done).nonzero().squeeze(1)
+            if keep.numel() == 0:
+                break
+            live, scores, finished, word, rows = (
+                live[keep],
+                scores[keep],
+                finished[keep],
+                word[keep],
+                rows[keep],
+            )
+            annotations, projected = annotations[keep], projected[keep]
+        state = tuple(s.index_select(1, rows.view(-1)) for s in state)
         words = word.view(-1)
-        if bool(finished.all()):
-            break
+    else:
+        final_scores[live] = scores
 
     # Backtrack every surviving beam through the parent pointers.
     beam = torch.arange(k, device=device).expand(batch, k)
@@ -381,7 +420,7 @@ def _beam_search(
     alphas_t = torch.stack(alphas[::-1], 2)
     lengths = (tokens_t != PAD_ID).sum(-1)
 
-    rescored = scores / lengths.to(scores.dtype) ** length_norm + word_reward * lengths
+    rescored = final_scores / lengths.to(dtype) ** length_norm + word_reward * lengths
     if adaptive_reward > 0:
         rescored = rescored + (-log_probs_t).clamp(max=adaptive_reward).sum(-1)
     # Beams arrive sorted by summed log-prob; a stable sort keeps that order among rescoring ties.

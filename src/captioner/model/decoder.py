@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from captioner.errors import ConfigError, DataError, require
-from captioner.model.attention import SoftAttention
+from captioner.model.attention import SoftAttention, group_size
 
 BETA_GATES = ("scalar", "channel", "none")
 # Where z_t comes from: the paper's soft attention, or one of the quality table's two controls.
@@ -203,7 +203,11 @@ class Decoder(nn.Module):
     def step(
         self, words: Tensor, state: State, annotations: Tensor, projected: Tensor
     ) -> tuple[Tensor, Tensor, State]:
-        """One time step: previous words (B,) -> next-word logits (B,V), alpha (B,L), new state."""
+        """One time step: previous words (B*n,) -> next-word logits (B*n,V), alpha (B*n,L), new state.
+
+        ``annotations``/``projected`` have one row per image (B); words and state have n consecutive
+        rows per image (beams or samples; n=1 in training), which share that image's annotations.
+        """
         h, c = state
         emb = self.embed(words)
         context, alpha = self.attend(annotations, projected, h[-1])
@@ -218,14 +222,19 @@ class Decoder(nn.Module):
         return logits, alpha, (h, c)
 
     def attend(self, annotations: Tensor, projected: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
-        """Context z_t (B,D) and alpha (B,L) for ``self.context``; soft reads h_{t-1} (Eq. 4-6)."""
+        """Context z_t (B*n,D) and alpha (B*n,L) for ``self.context``; soft reads h_{t-1} (Eq. 4-6).
+
+        ``hidden`` has n consecutive rows per image of ``annotations`` (B,L,D); n=1 in training.
+        """
         if self.context == "soft":
             return self.attention(annotations, projected, hidden)
-        b, num_locations, _ = annotations.shape
-        alpha = annotations.new_full((b, num_locations), 1.0 / num_locations)
+        rows, num_locations = hidden.shape[0], annotations.shape[1]
+        alpha = annotations.new_full((rows, num_locations), 1.0 / num_locations)
         if self.context == "mean":
-            return annotations.mean(dim=1), alpha
-        return annotations.new_zeros(b, annotations.shape[-1]), alpha
+            mean = annotations.mean(dim=1)
+            n = group_size(rows, annotations.shape[0])
+            return (mean if n == 1 else mean.repeat_interleave(n, dim=0)), alpha
+        return annotations.new_zeros(rows, annotations.shape[-1]), alpha
 
     def forward(self, annotations: Tensor, captions: Tensor, teacher_forcing: float = 1.0) -> DecoderOutput:
         """Predict captions[:, 1:] from captions[:, :-1], with scheduled sampling (Bengio et al. 2015).

@@ -6,8 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models
+from torchvision.models.feature_extraction import create_feature_extractor
 
-from captioner.errors import DataError, require
+from captioner.errors import ConfigError, DataError, require
 
 # The torchvision zoo the seed project supports (its README list, same names as torchvision).
 ARCHS = (
@@ -84,8 +85,39 @@ def _load_classifier(arch: str, pretrained: bool) -> nn.Module:
         ) from None
 
 
-def _trunk(net: nn.Module) -> nn.Module:
-    """The convolutional trunk of a torchvision classifier: everything before global pooling."""
+class _UpToLayer(nn.Module):
+    """The classifier cut after one of its modules (torchvision's FX feature extractor, which prunes the rest)."""
+
+    def __init__(self, net: nn.Module, arch: str, layer: str):
+        super().__init__()
+        blocks = trunk_layers(net)
+        require(
+            layer in blocks,
+            f"encoder.layer={layer!r} is not a block of {arch}; valid: {', '.join(blocks)} (or null for the last)",
+        )
+        self.extractor = create_feature_extractor(net, return_nodes={layer: "out"})
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.extractor(x)["out"]
+
+
+def trunk_layers(net: nn.Module) -> list[str]:
+    """Names ``encoder.layer`` accepts: the trunk's blocks (``features.13``, ``layer3``, ``features.denseblock3``)."""
+    trunk = next((getattr(net, n) for n in ("features", "layers") if hasattr(net, n)), None)
+    if trunk is not None:  # mobilenet, squeezenet, densenet, mnasnet: blocks inside one Sequential
+        prefix = "features" if hasattr(net, "features") else "layers"
+        return [f"{prefix}.{name}" for name, _ in trunk.named_children()]
+    return [name for name, m in net.named_children() if not isinstance(m, _HEAD_TYPES)]
+
+
+def _trunk(net: nn.Module, arch: str, layer: str | None = None) -> nn.Module:
+    """The convolutional trunk of a torchvision classifier: everything before global pooling.
+
+    With ``layer`` the trunk ends after that block: an earlier, finer feature map (mobilenet_v2
+    ``features.13``: 14 x 14 x 96 at 224 px instead of 7 x 7 x 1280) that keeps colour and shape.
+    """
+    if layer is not None:
+        return _UpToLayer(net, arch, layer)
     if isinstance(net, models.DenseNet):
         # DenseNet applies its final ReLU in forward(), not inside `features`.
         return nn.Sequential(net.features, nn.ReLU(inplace=False))
@@ -102,7 +134,7 @@ def _trunk(net: nn.Module) -> nn.Module:
 class Encoder(nn.Module):
     """Images (B,3,H,W) in [0,1] -> channels-last annotations (B,h,w,D) (paper Sec. 3.1.1).
 
-    ``encoder_dim`` adds a new (always trainable) 1x1 conv to D channels; ``encoder_size`` average-pools
+    ``layer`` ends the backbone after a named block (null: its last). ``encoder_dim`` adds a new (always trainable) 1x1 conv to D channels; ``encoder_size`` average-pools
     down or bilinearly upsamples the map to S x S. Without it a non-square image gives an h x w map.
     The backbone is frozen (requires_grad off, BatchNorm in eval) unless fine-tuning is active; the
     training loop calls ``set_finetune(finetune and step >= finetune_start_step)``.
@@ -116,6 +148,7 @@ class Encoder(nn.Module):
         encoder_size: int | None = None,
         finetune: bool = False,
         finetune_start_step: int = 0,
+        layer: str | None = None,
     ):
         super().__init__()
         require(arch in ARCHS, f"encoder.arch={arch!r} is unknown; valid: {', '.join(ARCHS)}")
@@ -136,7 +169,10 @@ class Encoder(nn.Module):
         self.finetune = bool(finetune)
         self.finetune_start_step = finetune_start_step
         self.encoder_size = encoder_size
-        self.backbone = _trunk(_load_classifier(arch, pretrained))
+        if layer is not None and not isinstance(layer, str):
+            raise ConfigError(f"encoder.layer={layer!r} must be a block name such as features.13, or null")
+        self.layer = layer
+        self.backbone = _trunk(_load_classifier(arch, pretrained), arch, layer)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone_dim = self._probe_channels()
@@ -191,6 +227,7 @@ def build_encoder(
     encoder_size: int | None = None,
     finetune: bool = False,
     finetune_start_step: int = 0,
+    layer: str | None = None,
 ) -> Encoder:
     """Build the encoder from the ``encoder`` config group (keys map 1:1 to these kwargs)."""
-    return Encoder(arch, pretrained, encoder_dim, encoder_size, finetune, finetune_start_step)
+    return Encoder(arch, pretrained, encoder_dim, encoder_size, finetune, finetune_start_step, layer)
