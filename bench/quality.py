@@ -1,11 +1,14 @@
 """The quality table: trained runs (soft attention and its controls) x decoding x test splits.
 
-    python bench/quality.py --run soft=runs/quality_default --run blind=runs/quality_blind \\
-        --run mean=runs/quality_mean [--decode greedy beam3 beam5] [--splits test test_novel]
+    make bench-quality      # trains runs/quality/{soft,mean,blind} if absent, then the line below
+    python bench/quality.py --run soft=runs/quality/soft --run mean=runs/quality/mean \\
+        --run blind=runs/quality/blind [--decode greedy beam3 beam5] [--splits test test_novel] \\
+        [--sweep-result sweeps/results/pretrain_finetune_cpu.json --sweep-versions v19 v20 v21]
 
 Each ``--run LABEL=PATH`` is a training run folder (its ``best.pt`` is used) or a checkpoint file;
 a bare ``PATH`` is labelled by its folder name. The runs come from ``python train.py`` (the controls:
-``experiment=blind``, ``experiment=mean_context``); this script only evaluates, it never trains. Every
+``experiment=quality decoder.context=soft|mean|blind``); this script only evaluates, it never trains.
+``--sweep-result`` adds test rows of a sweep (frozen vs fine-tuned encoder, measured at the sweep's scale). Every
 checkpoint is scored with ``captioner.inference.evaluate_checkpoint`` on its own prepared data, for
 each decoding (``greedy`` or ``beamK``, other options at the ``DecodeConfig`` defaults) and split.
 
@@ -191,6 +194,44 @@ def build_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[di
     return rows, sources
 
 
+def sweep_rows(path: str, versions: list[str]) -> list[dict[str, Any]]:
+    """Test rows of chosen versions from a sweeps/report.py JSON (the frozen vs fine-tuned comparison).
+
+    Fine-tuning cannot train on the feature cache, so on 2 CPU cores it is measured at the sweep's
+    cpu scale (``sweeps/scale/cpu.yaml``), not at the benchmark scale; the rows carry their scale.
+    """
+    try:
+        record = json.loads(Path(path).read_text())
+        available = record["rows"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"--sweep-result {path}: not a sweeps/report.py JSON ({err}); run `make report`"
+        ) from None
+    missing = [v for v in versions if v not in available or "test" not in available[v]]
+    if missing:
+        raise ConfigError(
+            f"--sweep-versions {' '.join(missing)}: no test metrics in {path}; it has {', '.join(available)}"
+        )
+    rows = []
+    for version in versions:
+        metrics = available[version]["test"]
+        target, details = check_targets("test", metrics)
+        label = f"{version} {record['group']}@{record['scale']}: {available[version]['flags']}"
+        rows.append(
+            {
+                "run": label,
+                "decode": "beam3",
+                "split": "test",
+                **metrics,
+                "target": target,
+                "targets": details,
+                "reused": True,
+                "source": path,
+            }
+        )
+    return rows
+
+
 def main() -> None:
     """Parse arguments, evaluate, print the table, write bench/results/quality.json."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -206,6 +247,10 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="reuse saved evaluations of unchanged checkpoints"
     )
+    parser.add_argument(
+        "--sweep-result", default=None, help="a sweeps/report.py JSON whose test rows join the table"
+    )
+    parser.add_argument("--sweep-versions", nargs="+", default=["v19", "v20", "v21"])
     parser.add_argument("--out", default=None, help="JSON record path (default bench/results/quality.json)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -215,6 +260,8 @@ def main() -> None:
 
         args.device = resolve_device(args.device)
         rows, sources = build_table(args)
+        if args.sweep_result:
+            rows += sweep_rows(args.sweep_result, args.sweep_versions)
     except CaptionerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

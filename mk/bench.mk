@@ -4,7 +4,7 @@ PY ?= python
 BENCH_ARGS ?=
 
 .PHONY: bench bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead
-bench: bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead  ## run every benchmark
+bench: bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead bench-probe bench-quality  ## run every benchmark
 
 bench-train-speed:  ## decoder train-step FLOP/s vs sgemm, captions/s vs the tutorial reference decoder
 	$(PY) bench/train_speed.py $(BENCH_ARGS)
@@ -27,3 +27,22 @@ bench-flickr8k:  ## real photos: train the seed's best setup on Flickr8k, score 
 
 bench-coco:  ## real photos: the same on COCO (Karpathy splits)
 	$(PY) bench/real_photos.py coco $(BENCH_ARGS)
+
+# The shapes quality table: trains the benchmark model (conf/experiment/quality.yaml) and its two controls
+# (decoder.context=soft|mean|blind, all else equal; a finished run, one with metrics.json, is kept and an
+# interrupted one resumes from last.pt), then scores each with greedy, beam 3 and beam 5 on test and
+# test_novel, beside the frozen vs fine-tuned rows of the cpu-scale pretrain_finetune sweep.
+QUALITY_DIR ?= runs/quality
+QUALITY_ARGS ?=
+.PHONY: bench-quality
+bench-quality: $(QUALITY_DIR)/soft/metrics.json $(QUALITY_DIR)/mean/metrics.json $(QUALITY_DIR)/blind/metrics.json  ## shapes quality: soft attention vs mean-context and image-blind controls
+	$(PY) bench/quality.py --run soft=$(QUALITY_DIR)/soft --run mean=$(QUALITY_DIR)/mean \
+		--run blind=$(QUALITY_DIR)/blind --reuse --sweep-result sweeps/results/pretrain_finetune_cpu.json $(BENCH_ARGS)
+
+$(QUALITY_DIR)/%/metrics.json:
+	$(PY) train.py experiment=quality decoder.context=$* hydra.run.dir=$(QUALITY_DIR)/$* $(QUALITY_ARGS) \
+		$(if $(wildcard $(QUALITY_DIR)/$*/last.pt),trainer.resume=$(QUALITY_DIR)/$*)
+
+.PHONY: bench-probe
+bench-probe:  ## linear probe: which encoder layer still knows each shapes object's colour and shape
+	$(PY) bench/probe_layers.py $(BENCH_ARGS)

@@ -89,6 +89,23 @@ def test_format_table_aligns_columns():
     assert len({len(line) for line in lines}) == 1
 
 
+def test_quality_table_takes_frozen_and_finetuned_rows_from_the_sweep(tmp_path):
+    from quality import sweep_rows
+
+    from captioner.errors import ConfigError
+
+    result = BENCH.parent / "sweeps" / "results" / "pretrain_finetune_cpu.json"
+    rows = sweep_rows(str(result), ["v19", "v21"])
+    assert [r["run"].split()[0] for r in rows] == ["v19", "v21"]
+    assert "--encoder_finetune" in rows[1]["run"] and "--encoder_finetune" not in rows[0]["run"]
+    assert all(r["split"] == "test" and 0 <= r["object_f1"] <= 1 and r["target"] for r in rows)
+    with pytest.raises(ConfigError, match="v99"):
+        sweep_rows(str(result), ["v99"])
+    (tmp_path / "bad.json").write_text("[]")
+    with pytest.raises(ConfigError, match="make report"):
+        sweep_rows(str(tmp_path / "bad.json"), ["v19"])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["train_speed.py", "feature_cache.py"])
 def test_benchmark_quick_run_writes_record(tmp_path, script):
@@ -101,3 +118,15 @@ def test_benchmark_quick_run_writes_record(tmp_path, script):
     )
     record = json.loads(out.read_text())
     assert record["rows"] and record["git_commit"] and record["machine"]["threads"] == 1
+
+
+def test_layer_probe_reads_separable_classes_and_not_noise():
+    from probe_layers import probe_accuracy
+
+    g = torch.Generator().manual_seed(0)
+    labels = [["red", "blue", "green"][i % 3] for i in range(300)]
+    centres = {"red": 0.0, "blue": 3.0, "green": -3.0}
+    x = torch.randn(300, 8, generator=g) + torch.tensor([centres[c] for c in labels])[:, None]
+    assert probe_accuracy(x[:200], labels[:200], x[200:], labels[200:]) > 0.95
+    noise = torch.randn(300, 8, generator=g)
+    assert probe_accuracy(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.6

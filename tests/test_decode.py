@@ -25,21 +25,27 @@ from captioner.model.decoder import Decoder
 V, D, L = 24, 8, 6
 
 
-@pytest.fixture(scope="module")
-def decoder() -> Decoder:
+@pytest.fixture(scope="module", params=["paper", "attend_word", "coverage"])
+def decoder(request) -> Decoder:
     """Float64 so that batched and one-image decoding agree to rounding, not just roughly."""
+    kwargs = dict(vocab_size=V, encoder_dim=D, embed_dim=12, hidden_dim=12, attention_dim=10, dropout=0.0)
     torch.manual_seed(0)
-    dec = Decoder(
-        vocab_size=V,
-        encoder_dim=D,
-        embed_dim=12,
-        hidden_dim=12,
-        attention_dim=10,
-        num_layers=1,
-        dropout=0.0,
-        deep_output=True,
-        beta_gate="scalar",
-    ).double()
+    dec = Decoder(**kwargs).double()
+    if request.param != "paper":  # the same weights plus a word or coverage term in the attention energy
+        paper = dec
+        dec = Decoder(**kwargs, **{request.param: True}).double()
+        dec.load_state_dict(paper.state_dict(), strict=False)
+        extra = (
+            dec.attention.word_proj.weight
+            if request.param == "attend_word"
+            else dec.attention.coverage_weight
+        )
+        with torch.no_grad():
+            extra.normal_(
+                0.0,
+                0.3 if request.param == "attend_word" else 3.0,
+                generator=torch.Generator().manual_seed(1),
+            )
     with torch.no_grad():
         # Peakier word distributions, a previous word that matters and a likely <end> so captions finish at different lengths.
         dec.embedding.weight.mul_(10.0)

@@ -150,6 +150,50 @@ def test_decoder_configs_build(name: str) -> None:
     assert out.logits.shape == (2, 4, 50)
 
 
+def test_attend_word_puts_the_previous_word_in_the_attention_query() -> None:
+    paper, reads = tiny().eval(), tiny(attend_word=True).eval()
+    annotations, captions = batch()
+    state = paper.init_state(annotations)
+    projected = paper.project(annotations)
+    with torch.no_grad():
+        alphas = [
+            dec.step(captions[:, 1] * 0 + w, state, annotations, projected)[1]
+            for dec in (paper, reads)
+            for w in (5, 9)
+        ]
+    assert torch.equal(alphas[0], alphas[1])  # paper: the query is h_{t-1} alone
+    assert not torch.allclose(alphas[2], alphas[3])  # attend_word: another word, another place
+    loss, _ = caption_loss(reads(annotations, captions), captions)
+    loss.backward()
+    assert reads.attention.word_proj.weight.grad.abs().sum() > 0
+    assert "attention.word_proj.weight" not in paper.state_dict()  # paper checkpoints are unchanged
+
+
+def test_coverage_sums_past_attention_and_steers_the_next_step() -> None:
+    dec = tiny(coverage=True).eval()
+    annotations, captions = batch()
+    projected = dec.project(annotations)
+    state = dec.init_state(annotations)
+    assert state[2].shape == (1, 3, L) and not state[2].any()
+    with torch.no_grad():
+        dec.attention.coverage_weight.normal_(0.0, 2.0)
+        total = torch.zeros(3, L)
+        for t in range(3):
+            _, alpha, state = dec.step(captions[:, t], state, annotations, projected)
+            total += alpha
+        assert torch.allclose(state[2][0], total)
+        # The same h, c and word with another coverage attend elsewhere.
+        h, c, cov = state
+        alpha_a = dec.step(captions[:, 3], (h, c, cov), annotations, projected)[1]
+        alpha_b = dec.step(captions[:, 3], (h, c, cov.flip(-1) * 3), annotations, projected)[1]
+    assert not torch.allclose(alpha_a, alpha_b)
+    loss, _ = caption_loss(dec(annotations, captions), captions)
+    loss.backward()
+    assert dec.attention.coverage_weight.grad.abs().sum() > 0
+    # The controls keep the parameter (one checkpoint layout) but carry no coverage.
+    assert len(tiny(coverage=True, context="mean").init_state(annotations)) == 2
+
+
 def test_blind_decoder_never_sees_the_image() -> None:
     dec = tiny(context="blind").eval()
     annotations, captions = batch()

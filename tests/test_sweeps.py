@@ -47,3 +47,19 @@ def test_seed_settings_reach_the_config() -> None:
     assert cfg.tf.name == "inv_sigmoid" and cfg.tf.k == 1.2 and cfg.decoder.dropout == 0.5
     cfg = _compose("version=v23")
     assert cfg.encoder.encoder_dim == 256 and cfg.trainer.cache_features is False
+
+
+@pytest.mark.parametrize("context", ["soft", "mean", "blind"])
+def test_quality_experiment_composes_for_each_control(context: str) -> None:
+    """`make bench-quality` trains experiment=quality three times, changing only decoder.context."""
+    from captioner.data.vocab import Vocab
+    from captioner.train.setup import build_model
+
+    cfg = _compose("experiment=quality", f"decoder.context={context}", "encoder.pretrained=false")
+    assert cfg.encoder.layer == "features.13" and cfg.decoder.attend_word and cfg.decoder.coverage
+    assert cfg.tf.name == "always"
+    assert cfg.trainer.att_gamma == 0.0 and cfg.logger.experiment == "quality"
+    model = build_model(
+        cfg.encoder, cfg.decoder, Vocab(["<pad>", "<start>", "<end>", "<unk>", "red", "circle"])
+    )
+    assert model.decoder.context == context and model.encoder.out_dim == 96

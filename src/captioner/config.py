@@ -128,6 +128,8 @@ class DecoderConfig:
     pretrained_embeddings: str | None = None
     freeze_embeddings: bool = False
     context: str = "soft"
+    attend_word: bool = False
+    coverage: bool = False
 
 
 @dataclass

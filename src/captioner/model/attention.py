@@ -12,30 +12,60 @@ _CHUNK_VALUES = 1 << 20
 class SoftAttention(nn.Module):
     """e_ti = w^T tanh(W_a a_i + W_h h_{t-1}); alpha_t = softmax_i(e_t); z_t = sum_i alpha_ti a_i."""
 
-    def __init__(self, encoder_dim: int, hidden_dim: int, attention_dim: int):
+    def __init__(
+        self, encoder_dim: int, hidden_dim: int, attention_dim: int, word_dim: int = 0, coverage: bool = False
+    ):
         super().__init__()
         self.annotation_proj = nn.Linear(encoder_dim, attention_dim)  # W_a
         self.hidden_proj = nn.Linear(hidden_dim, attention_dim)  # W_h
         self.score = nn.Linear(attention_dim, 1)  # w
+        # W_y: with word_dim > 0 the query also reads the previous word (see Decoder's attend_word).
+        self.word_proj = nn.Linear(word_dim, attention_dim, bias=False) if word_dim else None
+        # w_c: with coverage the energy also reads each location's summed past attention (Tu et al. 2016,
+        # See et al. 2017); zero at the start, so training begins from the paper's attention.
+        self.coverage_weight = nn.Parameter(torch.zeros(attention_dim)) if coverage else None
+
+    def query(self, hidden: Tensor, word: Tensor | None = None) -> Tensor:
+        """W_h h_{t-1} (+ W_y E y_{t-1} when the module reads words), (rows, A)."""
+        q = self.hidden_proj(hidden)
+        if self.word_proj is not None:
+            if word is None:
+                raise ValueError("this attention reads the previous word: pass its embedding")
+            q = q + self.word_proj(word)
+        return q
 
     def project(self, annotations: Tensor) -> Tensor:
         """W_a a_i for every location, (B,L,D) -> (B,L,A); computed once per image, reused each step."""
         return self.annotation_proj(annotations)
 
-    def forward(self, annotations: Tensor, projected: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(
+        self,
+        annotations: Tensor,
+        projected: Tensor,
+        hidden: Tensor,
+        word: Tensor | None = None,
+        coverage: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Context z (B*n,D) and weights alpha (B*n,L) for hidden states (B*n,H) over (B,L,·) annotations.
+
+        ``coverage`` (B*n,L), the attention summed over past steps, is read when the module has w_c.
 
         The n hidden rows of one image (its beams or samples, consecutive) share that image's
         annotations: they are broadcast, never copied, so a batch of beams reads each image once.
         """
         batch, rows = annotations.shape[0], hidden.shape[0]
+        if (self.coverage_weight is None) != (coverage is None):
+            raise ValueError("pass coverage exactly when the attention module has coverage weights")
         if rows == batch:  # one row per image (training, greedy): exactly the ungrouped ops
-            energy = self.score(torch.tanh(projected + self.hidden_proj(hidden).unsqueeze(1))).squeeze(-1)
+            pre = projected + self.query(hidden, word).unsqueeze(1)
+            if coverage is not None:
+                pre = pre + coverage.unsqueeze(-1) * self.coverage_weight
+            energy = self.score(torch.tanh(pre)).squeeze(-1)
             alpha = energy.softmax(dim=-1)
             context = torch.bmm(alpha.unsqueeze(1), annotations).squeeze(1)
             return context, alpha
         n = group_size(rows, batch)
-        query = self.hidden_proj(hidden).view(batch, n, 1, -1)
+        query = self.query(hidden, word).view(batch, n, 1, -1)
         # Eq. 4 via tanh(x) = 2 sigmoid(2x) - 1: w.tanh(u) + b = 2w.sigmoid(2u) - sum(w) + b, and the
         # softmax ignores that constant, so alpha is the same up to rounding (~1e-6 relative). Why:
         # torch's CPU tanh costs ~3.5 ns per value vs ~0.4 for sigmoid (2-core EPYC, torch 2.14),
@@ -44,8 +74,13 @@ class SoftAttention(nn.Module):
         # A few images at a time through one reused buffer: the (c,n,L,A) temporary stays in cache,
         # where a fresh B*n*L*A tensor every step cost more in page faults than the add itself.
         query2, projected2, weight2 = query * 2, projected.unsqueeze(1), 2 * self.score.weight[0]
+        if coverage is not None:
+            coverage2 = coverage.view(batch, n, -1, 1) * 2
         if torch.is_grad_enabled():  # autograd allows neither out= nor overwriting a saved tensor
-            energy = torch.sigmoid(torch.add(query2, projected2, alpha=2)) @ weight2
+            pre2 = torch.add(query2, projected2, alpha=2)
+            if coverage is not None:
+                pre2 = pre2 + coverage2 * self.coverage_weight
+            energy = torch.sigmoid(pre2) @ weight2
         else:
             chunk = min(batch, max(1, _CHUNK_VALUES // (n * projected.shape[1] * projected.shape[2])))
             buffer = projected.new_empty(chunk, n, *projected.shape[1:])
@@ -54,6 +89,8 @@ class SoftAttention(nn.Module):
                 gate = torch.add(
                     query2[i : i + chunk], projected2[i : i + chunk], alpha=2, out=buffer[: batch - i]
                 )
+                if coverage is not None:
+                    gate.addcmul_(coverage2[i : i + chunk], self.coverage_weight)
                 energies.append(gate.sigmoid_() @ weight2)
             energy = torch.cat(energies)  # (B,n,L)
         alpha = energy.softmax(dim=-1)

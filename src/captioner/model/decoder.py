@@ -18,7 +18,7 @@ BETA_GATES = ("scalar", "channel", "none")
 # (h0/c0 from zeros, z_t = 0), so its scores show how far a language model alone gets.
 CONTEXTS = ("soft", "mean", "blind")
 
-State = tuple[Tensor, Tensor]
+State = tuple[Tensor, ...]  # (h, c) of shape (num_layers,B,H), + coverage (1,B,L) with decoder.coverage
 
 
 @dataclass
@@ -69,6 +69,13 @@ class Decoder(nn.Module):
     a uniform alpha (1/L) so figures and grounding metrics still run; they keep the attention module
     (same parameters, same checkpoints) but never call it.
 
+    ``attend_word`` adds the previous word to the attention query, e = w.tanh(W_a a + W_h h_{t-1} + W_y E y_{t-1}).
+    The paper's f_att(a, h_{t-1}) cannot see the word just emitted: h_{t-1} was computed before it was
+    chosen, so after "a blue" the query does not know which colour was said and cannot pick the blue
+    object for the next word; with the word in the query it can. ``coverage`` adds each location's
+    summed past attention to the energy (Tu et al. 2016; See et al. 2017), so the decoder can tell which
+    objects it has already described; the sum rides in the state as a third tensor, (1,B,L).
+
     Weight tying makes the output projection's weight the embedding's Parameter (same storage, both
     paths train it). With deep output the projection is L_o (E -> V), so any sizes tie; without it the
     projection reads the hidden state, so tying needs ``hidden_dim == embed_dim`` (ConfigError otherwise,
@@ -91,6 +98,8 @@ class Decoder(nn.Module):
         pretrained_embeddings: str | None = None,
         freeze_embeddings: bool = False,
         context: str = "soft",
+        attend_word: bool = False,
+        coverage: bool = False,
         vocab_itos: Sequence[str] | None = None,
     ):
         super().__init__()
@@ -141,6 +150,8 @@ class Decoder(nn.Module):
         self.tie_weights = tie_weights
         self.embed_max_norm = embed_max_norm
         self.context = context
+        self.attend_word = bool(attend_word)
+        self.coverage = bool(coverage)
 
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         # Small init keeps tied logits near zero at the start (N(0,1) rows give huge logits).
@@ -149,7 +160,9 @@ class Decoder(nn.Module):
             load_glove(self.embedding, pretrained_embeddings, vocab_itos)
         self.embedding.weight.requires_grad_(not freeze_embeddings)
 
-        self.attention = SoftAttention(encoder_dim, hidden_dim, attention_dim)
+        self.attention = SoftAttention(
+            encoder_dim, hidden_dim, attention_dim, embed_dim if attend_word else 0, self.coverage
+        )
         # h0, c0 from the mean annotation through separate MLPs (Sec. 3.1.2), one per LSTM layer.
         self.init_h = nn.Linear(encoder_dim, num_layers * hidden_dim)
         self.init_c = nn.Linear(encoder_dim, num_layers * hidden_dim)
@@ -191,13 +204,19 @@ class Decoder(nn.Module):
         return self.attention.project(annotations)
 
     def init_state(self, annotations: Tensor) -> State:
-        """h0, c0 (num_layers,B,H) each, from tanh MLPs of the mean annotation (Sec. 3.1.2); blind: of zeros."""
+        """h0, c0 (num_layers,B,H) each, from tanh MLPs of the mean annotation (Sec. 3.1.2); blind: of zeros.
+
+        With soft attention and ``coverage``, a third tensor: zero coverage, (1,B,L).
+        """
         mean = annotations.mean(dim=1)
         if self.context == "blind":  # same MLPs, same parameters, but no image information
             mean = torch.zeros_like(mean)
         b = mean.shape[0]
         h = torch.tanh(self.init_h(mean)).view(b, self.num_layers, self.hidden_dim).transpose(0, 1)
         c = torch.tanh(self.init_c(mean)).view(b, self.num_layers, self.hidden_dim).transpose(0, 1)
+        if self.coverage and self.context == "soft":
+            # The summed past attention, (1,B,L): rows on dim 1 like h and c, so decoders reorder it alike.
+            return h.contiguous(), c.contiguous(), annotations.new_zeros(1, b, annotations.shape[1])
         return h.contiguous(), c.contiguous()
 
     def step(
@@ -208,9 +227,12 @@ class Decoder(nn.Module):
         ``annotations``/``projected`` have one row per image (B); words and state have n consecutive
         rows per image (beams or samples; n=1 in training), which share that image's annotations.
         """
-        h, c = state
+        h, c, *coverage = state
         emb = self.embed(words)
-        context, alpha = self.attend(annotations, projected, h[-1])
+        coverage = coverage[0][0] if coverage else None
+        context, alpha = self.attend(
+            annotations, projected, h[-1], emb if self.attend_word else None, coverage
+        )
         if self.f_beta is not None:
             context = torch.sigmoid(self.f_beta(h[-1])) * context  # beta gate, Sec. 4.2.1
         out, (h, c) = self.lstm(torch.cat([emb, context], dim=-1).unsqueeze(0), (h, c))
@@ -219,15 +241,24 @@ class Decoder(nn.Module):
             logits = self.L_o(self.dropout(emb + self.L_h(h_t) + self.L_z(context)))
         else:
             logits = self.L_o(self.dropout(h_t))
+        if coverage is not None:
+            return logits, alpha, (h, c, (coverage + alpha).unsqueeze(0))
         return logits, alpha, (h, c)
 
-    def attend(self, annotations: Tensor, projected: Tensor, hidden: Tensor) -> tuple[Tensor, Tensor]:
+    def attend(
+        self,
+        annotations: Tensor,
+        projected: Tensor,
+        hidden: Tensor,
+        word: Tensor | None = None,
+        coverage: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor]:
         """Context z_t (B*n,D) and alpha (B*n,L) for ``self.context``; soft reads h_{t-1} (Eq. 4-6).
 
         ``hidden`` has n consecutive rows per image of ``annotations`` (B,L,D); n=1 in training.
         """
         if self.context == "soft":
-            return self.attention(annotations, projected, hidden)
+            return self.attention(annotations, projected, hidden, word, coverage)
         rows, num_locations = hidden.shape[0], annotations.shape[1]
         alpha = annotations.new_full((rows, num_locations), 1.0 / num_locations)
         if self.context == "mean":

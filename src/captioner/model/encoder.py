@@ -67,7 +67,7 @@ def pretrained_weights(arch: str) -> models.WeightsEnum:
     return getattr(enum, name)
 
 
-def _load_classifier(arch: str, pretrained: bool) -> nn.Module:
+def load_classifier(arch: str, pretrained: bool) -> nn.Module:
     """Build the torchvision classifier, turning a failed offline download into one line."""
     if not pretrained:
         return models.get_model(arch, weights=None)
@@ -172,7 +172,7 @@ class Encoder(nn.Module):
         if layer is not None and not isinstance(layer, str):
             raise ConfigError(f"encoder.layer={layer!r} must be a block name such as features.13, or null")
         self.layer = layer
-        self.backbone = _trunk(_load_classifier(arch, pretrained), arch, layer)
+        self.backbone = _trunk(load_classifier(arch, pretrained), arch, layer)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.backbone_dim = self._probe_channels()
