@@ -1,5 +1,9 @@
 """Batched beam search vs. one image at a time, same function, same random SAT decoder, on CPU.
 
+Also times the common tutorial's per-image beam search (sgrvinod's ``caption_image_beam_search``,
+``ReferenceDecoder.beam_search_one``: per-step re-projection of the annotations, shrinking k) with the
+same weights, where it can mirror the decoder: that is what batching replaces in most SAT code.
+
     python bench/beam.py                       # both model sizes, 64 images, k=5
     python bench/beam.py --sizes sat --images 32
     python bench/beam.py --device cuda         # adds a "cuda" record beside the "cpu" one
@@ -8,7 +12,7 @@
 Prints a table and writes the run's record under its device key ("cpu", "cuda") of
 bench/results/beam.json, keeping the other devices' records. Weights are random, so captions rarely end early:
 both paths run all ``max_len`` steps, which keeps the comparison like for like (the main table).
-When ``--trained`` (default runs/quality_default/best.pt) and its data's cached test features
+When ``--trained`` (default runs/quality/soft/best.pt) and its data's cached test features
 exist, an extra row decodes them with that trained decoder: captions end at different lengths,
 so it shows what dropping finished images from the batch buys.
 """
@@ -27,7 +31,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from reference_decoder import ReferenceDecoder
 
+from captioner.data.vocab import PAD_ID
 from captioner.decode import beam_search
 from captioner.model.decoder import Decoder
 
@@ -102,6 +108,19 @@ def trained_decoder(
     return model, decoder.to(device).eval(), annotations.to(device)
 
 
+def tutorial_reference(decoder: Decoder) -> ReferenceDecoder | None:
+    """The tutorial design with ``decoder``'s weights, where it can mirror it (paper attention only)."""
+    mirrorable = decoder.context == "soft" and not decoder.attend_word and not decoder.coverage
+    try:
+        return (
+            ReferenceDecoder.from_decoder(decoder).to(next(decoder.parameters()).device).eval()
+            if mirrorable
+            else None
+        )
+    except ValueError:  # not a 1-layer deep-output decoder with a beta gate
+        return None
+
+
 def bench_decoder(
     model: str,
     decoder: Decoder,
@@ -127,8 +146,21 @@ def bench_decoder(
     same = sum(
         torch.equal(s.tokens[0, 0], hyp.tokens[i, 0, : s.tokens.shape[-1]]) for i, s in enumerate(singles)
     )
+    timings = [("per-image", t_single), ("batched", t_batched)]
+    tutorial = tutorial_reference(decoder)
+    if tutorial is not None:
+
+        def tutorial_per_image():
+            return [tutorial.beam_search_one(annotations[i : i + 1], k, max_len) for i in range(images)]
+
+        t_tutorial, captions = min(
+            (timed(tutorial_per_image, device) for _ in range(repeats)), key=lambda r: r[0]
+        )
+        timings.insert(0, ("tutorial per-image", t_tutorial))
+        best = [[w for w in row.tolist() if w != PAD_ID] for row in hyp.tokens[:, 0]]
+        same_tutorial = sum(words == best[i] for i, (words, _) in enumerate(captions))
     rows = []
-    for method, seconds in (("per-image", t_single), ("batched", t_batched)):
+    for method, seconds in timings:
         rows.append(
             {
                 "model": model,
@@ -141,7 +173,9 @@ def bench_decoder(
                 "seconds": round(seconds, 4),
                 "images_per_s": round(images / seconds, 2),
                 "speedup": round(t_single / seconds, 2),
+                "speedup_vs_tutorial": round(t_tutorial / seconds, 2) if tutorial is not None else None,
                 "same_best_caption": same if method == "batched" else None,
+                "same_as_batched": same_tutorial if method == "tutorial per-image" else None,
             }
         )
     return rows
@@ -159,7 +193,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument(
         "--trained",
-        default="runs/quality_default/best.pt",
+        default="runs/quality/soft/best.pt",
         help="checkpoint (relative to the repo) for the trained-model row; 'none' skips it",
     )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "beam.json"))
@@ -180,19 +214,21 @@ def main() -> None:
         for r in bench_decoder(model, decoder, annotations, args.k, args.max_len, args.repeats, device)
     ]
     print(
-        f"{'model':<48} {'method':<10} {'images':>6} {'steps':>5} {'mean len':>8} {'seconds':>8} "
-        f"{'images/s':>9} {'speed-up':>8}"
+        f"{'model':<48} {'method':<18} {'images':>6} {'steps':>5} {'mean len':>8} {'seconds':>8} "
+        f"{'images/s':>9} {'vs per-image':>12} {'vs tutorial':>11}"
     )
     for r in rows:
+        tutorial = f"{r['speedup_vs_tutorial']:>10.2f}x" if r["speedup_vs_tutorial"] else f"{'':>11}"
         print(
-            f"{r['model']:<48} {r['method']:<10} {r['images']:>6} {r['steps']:>5} {r['mean_length']:>8.2f} "
-            f"{r['seconds']:>8.3f} {r['images_per_s']:>9.2f} {r['speedup']:>7.2f}x"
+            f"{r['model']:<48} {r['method']:<18} {r['images']:>6} {r['steps']:>5} {r['mean_length']:>8.2f} "
+            f"{r['seconds']:>8.3f} {r['images_per_s']:>9.2f} {r['speedup']:>11.2f}x {tutorial}"
         )
     commit = subprocess.run(
         ["git", "rev-parse", "--verify", "-q", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     record = {
-        "benchmark": "beam search, batched over images and beams vs one image per call (same function)",
+        "benchmark": "beam search, batched over images and beams vs one image per call (same function), "
+        "and vs the tutorial's per-image beam search with the same weights (bench/reference_decoder.py)",
         "commit": commit or None,
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),

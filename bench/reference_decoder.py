@@ -128,3 +128,54 @@ class ReferenceDecoder(nn.Module):
             predictions[:n, t] = self.L_o(self.dropout(emb + self.L_h(h) + self.L_z(context)))
             alphas[:n, t] = alpha
         return DecoderOutput(logits=predictions, alphas=alphas), order
+
+    @torch.no_grad()
+    def beam_search_one(self, encoder_out: Tensor, k: int, max_len: int) -> tuple[list[int], float]:
+        """The tutorial's per-image beam search (``caption_image_beam_search`` in its caption.py).
+
+        One image (1,L,D) expanded to k rows; each step runs the attention (re-projecting the
+        annotations unless ``project_once``), the gate, the LSTMCell and the deep output on the live
+        beams, takes the top k of the flattened (beams x V) scores, and moves beams that emit <end>
+        to a finished list, so k shrinks. Returns the best finished caption (word ids after <start>,
+        <end> included) and its summed log-prob; if none finished by ``max_len``, the best live one.
+        """
+        from captioner.data.vocab import END_ID, START_ID
+
+        vocab = self.vocab_size
+        encoder_out = encoder_out.expand(k, -1, -1)
+        att1 = self.attention.encoder_att(encoder_out) if self.project_once else None
+        words = torch.full((k,), START_ID, dtype=torch.long, device=encoder_out.device)
+        seqs = words[:, None]
+        top_scores = encoder_out.new_zeros(k)
+        mean = encoder_out.mean(dim=1)
+        h, c = torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))
+        done_seqs, done_scores = [], []
+        for step in range(max_len):
+            emb = self.embedding(words)
+            context, _ = self.attention(encoder_out, h, att1)
+            context = torch.sigmoid(self.f_beta(h)) * context
+            h, c = self.decode_step(torch.cat([emb, context], dim=1), (h, c))
+            scores = self.L_o(emb + self.L_h(h) + self.L_z(context)).log_softmax(dim=1)
+            scores = top_scores[:, None] + scores
+            if step == 0:  # all k rows are the same <start>: expand the first only
+                top_scores, flat = scores[0].topk(k)
+            else:
+                top_scores, flat = scores.view(-1).topk(k)
+            parent, words = flat // vocab, flat % vocab
+            seqs = torch.cat([seqs[parent], words[:, None]], dim=1)
+            ended = words == END_ID
+            done_seqs += seqs[ended, 1:].tolist()
+            done_scores += top_scores[ended].tolist()
+            live = ~ended
+            k = int(live.sum())
+            if k == 0:
+                break
+            seqs, top_scores, words = seqs[live], top_scores[live], words[live]
+            h, c = h[parent[live]], c[parent[live]]
+            encoder_out = encoder_out[:k]
+            att1 = None if att1 is None else att1[:k]
+        if not done_seqs:  # nothing ended within max_len: the best live beam
+            best = int(top_scores.argmax())
+            return seqs[best, 1:].tolist(), float(top_scores[best])
+        best = max(range(len(done_scores)), key=done_scores.__getitem__)
+        return done_seqs[best], done_scores[best]

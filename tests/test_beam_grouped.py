@@ -140,3 +140,31 @@ def test_controls_decode_with_several_rows_per_image(context: str) -> None:
     beams = beam_search(dec, a, k=3, n_best=3, max_len=10)
     assert beams.tokens.shape[:2] == (6, 3) and (beams.tokens[..., 0] != START_ID).all()
     assert torch.allclose(beams.alphas.sum(-1)[beams.tokens != 0], torch.ones(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("deep_output", [True, False])
+@pytest.mark.parametrize("beta_gate", ["scalar", "none"])
+def test_folded_context_step_equals_the_plain_step(deep_output: bool, beta_gate: str) -> None:
+    """Beams fold W z_t into sum_i alpha_ti (W a_i): the same logits, attention and state."""
+    torch.manual_seed(0)
+    kwargs = dict(vocab_size=20, encoder_dim=16, embed_dim=6, hidden_dim=7, attention_dim=5, dropout=0.0)
+    dec = Decoder(**kwargs, deep_output=deep_output, beta_gate=beta_gate, attend_word=True, coverage=True)
+    dec = dec.double().eval()
+    a = torch.rand(3, 4, 16, dtype=torch.float64)
+    words = torch.tensor([4, 5, 6, 7, 8, 9])
+    with torch.no_grad():
+        plain, folded = dec.project(a), dec.project(a, fold=True)
+        assert folded.shape == (3, 4 * (5 + 4 * 7 + (6 if deep_output else 0)))
+        state = tuple(s.repeat_interleave(2, dim=1) for s in dec.init_state(a))
+        for _ in range(3):  # a few steps, so coverage and the state carry through
+            logits, alpha, next_state = dec.step(words, state, a, plain)
+            logits_f, alpha_f, state_f = dec.step(words, state, a, folded)
+            assert torch.allclose(logits, logits_f) and torch.allclose(alpha, alpha_f)
+            assert all(torch.allclose(x, y) for x, y in zip(next_state, state_f, strict=True))
+            state, words = next_state, logits.argmax(-1)
+    # No fold where it would not be exact or not cheaper, nor under autograd (training).
+    channel = Decoder(**kwargs, beta_gate="channel").eval()
+    with torch.no_grad():
+        assert channel.project(a.float(), fold=True).shape == (3, 4, 5)
+        assert dec.project(torch.rand(1, 32, 16, dtype=torch.float64), fold=True).shape == (1, 32, 5)
+    assert dec.project(a, fold=True).shape == (3, 4, 5)

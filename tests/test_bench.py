@@ -130,3 +130,25 @@ def test_layer_probe_reads_separable_classes_and_not_noise():
     assert probe_accuracy(x[:200], labels[:200], x[200:], labels[200:]) > 0.95
     noise = torch.randn(300, 8, generator=g)
     assert probe_accuracy(noise[:200], labels[:200], noise[200:], labels[200:]) < 0.6
+
+
+def test_tutorial_per_image_beam_finds_our_best_caption():
+    """The tutorial's beam search (shrinking k) on our weights returns our batched beam's best caption."""
+    from captioner.data.vocab import END_ID, PAD_ID
+    from captioner.decode import beam_search
+
+    torch.manual_seed(0)
+    dec = Decoder(vocab_size=24, encoder_dim=8, embed_dim=12, hidden_dim=12, attention_dim=10, dropout=0.0)
+    dec = dec.double().eval()
+    with torch.no_grad():
+        dec.embedding.weight.mul_(10.0)  # as test_decode: peaky words, captions of varied length
+        dec.L_o.weight.mul_(4.0)
+        dec.L_o.bias[END_ID] += 2.0
+    ref = ReferenceDecoder.from_decoder(dec).double().eval()
+    annotations = torch.rand(8, 6, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    ours = beam_search(dec, annotations, k=3, max_len=12)
+    assert len(ours.lengths[:, 0].unique()) >= 2, "the fixture should give captions of varied length"
+    for i in range(8):
+        words, score = ref.beam_search_one(annotations[i : i + 1], k=3, max_len=12)
+        expected = [w for w in ours.tokens[i, 0].tolist() if w != PAD_ID]
+        assert words == expected and abs(score - float(ours.scores[i, 0])) < 1e-6

@@ -274,7 +274,9 @@ def _top_k_top_p(logp: Tensor, top_k: int, top_p: float) -> Tensor:
     return logp
 
 
-def _prepare(decoder: nn.Module, annotations: Tensor, copies: int) -> tuple[Tensor, tuple]:
+def _prepare(
+    decoder: nn.Module, annotations: Tensor, copies: int, fold: bool = False
+) -> tuple[Tensor, tuple]:
     """The annotations' attention projection (one row per image) and the initial LSTM state, each
     state row repeated ``copies`` times: the copies share the image's annotations in ``Decoder.step``."""
     require(
@@ -282,7 +284,7 @@ def _prepare(decoder: nn.Module, annotations: Tensor, copies: int) -> tuple[Tens
         f"decode annotations shape {tuple(annotations.shape)} must be (B, L, {decoder.encoder_dim}); "
         "flatten the encoder map with Captioner.encode first",
     )
-    projected = decoder.project(annotations)  # once per image, not once per beam
+    projected = decoder.project(annotations, fold=fold)  # once per image, not once per beam
     state = decoder.init_state(annotations)
     if copies > 1:
         state = tuple(s.repeat_interleave(copies, dim=1) for s in state)
@@ -341,7 +343,8 @@ def _beam_search(
     batch, num_locations, _ = annotations.shape
     vocab_size = decoder.vocab_size
     # The first step has one beam per image (all k would be copies of it): one decoder row per image.
-    projected, state = _prepare(decoder, annotations, 1)
+    # k > 1: fold the context's projections per image (k=1 stays the greedy computation exactly).
+    projected, state = _prepare(decoder, annotations, 1, fold=k > 1)
     device, dtype = annotations.device, annotations.dtype
     # A finished beam has one continuation, <pad> at no cost: its score is frozen and it is not expanded.
     frozen = torch.full((vocab_size,), -math.inf, dtype=dtype, device=device)

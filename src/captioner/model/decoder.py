@@ -194,14 +194,36 @@ class Decoder(nn.Module):
             e = e * (self.embed_max_norm / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
         return e
 
-    def project(self, annotations: Tensor) -> Tensor:
+    def project(self, annotations: Tensor, fold: bool = False) -> Tensor:
         """Attention's annotation projection W_a a, (B,L,D) -> (B,L,A); once per image.
 
         The controls never attend, so they get an empty (B,L,0) stand-in that decoders can still repeat.
+        ``fold`` (for beams: many rows per image) also projects each annotation through the LSTM's
+        context weights and L_z when that is cheaper (see ``can_fold``), returning them flat, (B,·);
+        ``step`` then forms W z_t as sum_i alpha_ti (W a_i), the same value by linearity, in L instead
+        of D multiply-adds per output. Inference only.
         """
         if self.context != "soft":
             return annotations[..., :0]
-        return self.attention.project(annotations)
+        projected = self.attention.project(annotations)
+        if not (fold and self.can_fold(annotations.shape[1])):
+            return projected
+        w_z = self.lstm.weight_ih_l0[:, self.embed_dim :]  # the context's columns of W_ih
+        weights = torch.cat([w_z, self.L_z.weight]) if self.deep_output else w_z
+        # One flat row per image, (B, L*A + L*(4H[+E])): slices of it view as (B,L,·) with contiguous
+        # rows, so attention and bmm read them in place (a (B,L,A+...) concat would be strided).
+        return torch.cat([projected.flatten(1), (annotations @ weights.T).flatten(1)], dim=1)
+
+    def can_fold(self, num_locations: int) -> bool:
+        """Whether ``project(fold=True)`` folds: soft attention, one LSTM layer, no per-channel gate
+        (a scalar gate commutes with the sum, a channel gate does not), and fewer locations than channels."""
+        return (
+            self.context == "soft"
+            and self.num_layers == 1
+            and self.beta_gate != "channel"
+            and num_locations < self.encoder_dim
+            and not torch.is_grad_enabled()
+        )
 
     def init_state(self, annotations: Tensor) -> State:
         """h0, c0 (num_layers,B,H) each, from tanh MLPs of the mean annotation (Sec. 3.1.2); blind: of zeros.
@@ -230,11 +252,26 @@ class Decoder(nn.Module):
         h, c, *coverage = state
         emb = self.embed(words)
         coverage = coverage[0][0] if coverage else None
+        folded = projected.dim() == 2
+        if folded:  # project(fold=True): W_a a, then W a for the context's LSTM and deep-output terms
+            batch, num_locations = annotations.shape[:2]
+            split = num_locations * self.attention.score.in_features
+            projected, per_location = (
+                projected[:, :split].view(batch, num_locations, -1),
+                projected[:, split:].view(batch, num_locations, -1),
+            )
         context, alpha = self.attend(
-            annotations, projected, h[-1], emb if self.attend_word else None, coverage
+            annotations,
+            projected,
+            h[-1],
+            emb if self.attend_word else None,
+            coverage,
         )
-        if self.f_beta is not None:
-            context = torch.sigmoid(self.f_beta(h[-1])) * context  # beta gate, Sec. 4.2.1
+        beta = torch.sigmoid(self.f_beta(h[-1])) if self.f_beta is not None else None  # gate, Sec. 4.2.1
+        if folded:
+            return self._folded_step(emb, alpha, beta, h, c, per_location, coverage)
+        if beta is not None:
+            context = beta * context
         out, (h, c) = self.lstm(torch.cat([emb, context], dim=-1).unsqueeze(0), (h, c))
         h_t = out.squeeze(0)
         if self.deep_output:
@@ -244,6 +281,38 @@ class Decoder(nn.Module):
         if coverage is not None:
             return logits, alpha, (h, c, (coverage + alpha).unsqueeze(0))
         return logits, alpha, (h, c)
+
+    def _folded_step(
+        self,
+        emb: Tensor,
+        alpha: Tensor,
+        beta: Tensor | None,
+        h: Tensor,
+        c: Tensor,
+        per_location: Tensor,
+        coverage: Tensor | None,
+    ) -> tuple[Tensor, Tensor, State]:
+        """``step`` after attention with a folded ``projected``: the LSTM cell and deep output written
+        out, their context terms read as alpha-weighted sums of ``per_location`` (B,L,4H[+E]) = W a."""
+        rows, gates_dim, batch = alpha.shape[0], 4 * self.hidden_dim, per_location.shape[0]
+        weighted = torch.bmm(alpha.view(batch, rows // batch, -1), per_location).view(rows, -1)
+        if beta is not None:
+            weighted = beta * weighted
+        lstm = self.lstm
+        gates = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, emb, lstm.weight_ih_l0[:, : self.embed_dim].T)
+        gates = gates.addmm_(h[0], lstm.weight_hh_l0.T).add_(weighted[:, :gates_dim])
+        i, f, g, o = gates.chunk(4, dim=1)  # PyTorch's LSTM gate order
+        c_t = torch.sigmoid(f) * c[0] + torch.sigmoid(i) * torch.tanh(g)
+        h_t = torch.sigmoid(o) * torch.tanh(c_t)
+        if self.deep_output:
+            out_z = weighted[:, gates_dim:] + self.L_z.bias
+            logits = self.L_o(emb + self.L_h(h_t) + out_z)
+        else:
+            logits = self.L_o(h_t)
+        state = (h_t.unsqueeze(0), c_t.unsqueeze(0))
+        if coverage is not None:
+            state = (*state, (coverage + alpha).unsqueeze(0))
+        return logits, alpha, state
 
     def attend(
         self,
