@@ -7,7 +7,7 @@ export TORCH_HOME
 include mk/weights.mk
 -include mk/bench.mk
 
-.PHONY: help install demo test test-slow lint ui sweep-smoke report
+.PHONY: help install demo test test-slow lint ui sweep-smoke sweep report
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -32,6 +32,12 @@ ui:  ## MLflow UI on http://127.0.0.1:5000 over the local store (compare runs an
 SWEEPS := optim_dropout pretrain_finetune teacher_forcing optical_finetune label_smoothing tf_scheduler
 sweep-smoke: install weights  ## every seed ablation group end to end at smoke scale
 	for s in $(SWEEPS); do $(PY) train.py -m sweep=$$s scale=smoke || exit 1; done
+
+GROUP ?= pretrain_finetune
+SCALE ?= cpu
+sweep: install weights  ## one seed ablation group and its report, e.g. make sweep GROUP=label_smoothing SCALE=cpu
+	$(PY) train.py -m sweep=$(GROUP) scale=$(SCALE)
+	$(PY) sweeps/report.py --experiment sweep-$(GROUP)-$(SCALE)
 
 report:  ## Markdown + plot per sweep experiment in the local MLflow store (sweeps/results/)
 	for e in $$($(PY) -c "from mlflow.tracking import MlflowClient as C; print(' '.join(x.name for x in C('sqlite:///mlflow.db').search_experiments() if x.name.startswith('sweep-')))"); do $(PY) sweeps/report.py --experiment $$e; done

@@ -77,15 +77,18 @@ def parse_run(spec: str) -> tuple[str, Path]:
 
 
 def decode_config(name: str) -> dict[str, Any]:
-    """``greedy`` or ``beamK`` (e.g. beam5) -> a full DecodeConfig dict, other options at their defaults."""
+    """``greedy``, ``beamK`` (e.g. beam5) or ``beamK-lnX`` (length_norm X, e.g. beam3-ln1) -> a full
+    DecodeConfig dict, other options at their defaults."""
     if name == "greedy":
         return asdict(DecodeConfig(method="greedy", k=1))
-    match = re.fullmatch(r"beam(\d+)", name)
+    match = re.fullmatch(r"beam(\d+)(?:-ln(\d+(?:\.\d+)?))?", name)
     if match is None:
         raise ConfigError(
-            f"--decode {name!r} is unknown; use greedy or beamK with K the beam width, e.g. beam3"
+            f"--decode {name!r} is unknown; use greedy, beamK (K the beam width, e.g. beam3) or "
+            "beamK-lnX (length-normalised rescoring, e.g. beam3-ln1)"
         )
-    return asdict(DecodeConfig(method="beam", k=int(match.group(1))))
+    length_norm = float(match.group(2)) if match.group(2) else 0.0
+    return asdict(DecodeConfig(method="beam", k=int(match.group(1)), length_norm=length_norm))
 
 
 def sha256(path: Path) -> str:
@@ -238,7 +241,7 @@ def main() -> None:
     parser.add_argument(
         "--run", action="append", required=True, metavar="LABEL=PATH", help="run folder or .pt"
     )
-    parser.add_argument("--decode", nargs="+", default=["greedy", "beam3", "beam5"])
+    parser.add_argument("--decode", nargs="+", default=["greedy", "beam3", "beam5", "beam3-ln1"])
     parser.add_argument("--splits", nargs="+", default=["test", "test_novel"])
     parser.add_argument("--data-root", default=None, help="prepared data folder (default: each checkpoint's)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

@@ -152,3 +152,15 @@ def test_tutorial_per_image_beam_finds_our_best_caption():
         words, score = ref.beam_search_one(annotations[i : i + 1], k=3, max_len=12)
         expected = [w for w in ours.tokens[i, 0].tolist() if w != PAD_ID]
         assert words == expected and abs(score - float(ours.scores[i, 0])) < 1e-6
+
+
+def test_quality_decode_names_map_to_decode_configs():
+    from quality import decode_config
+
+    from captioner.errors import ConfigError
+
+    assert decode_config("greedy")["method"] == "greedy"
+    assert (decode_config("beam5")["k"], decode_config("beam5")["length_norm"]) == (5, 0.0)
+    assert (decode_config("beam3-ln1")["k"], decode_config("beam3-ln1")["length_norm"]) == (3, 1.0)
+    with pytest.raises(ConfigError, match="beamK-lnX"):
+        decode_config("beam")
