@@ -223,6 +223,7 @@ class Decoder(nn.Module):
             and self.beta_gate != "channel"
             and num_locations < self.encoder_dim
             and not torch.is_grad_enabled()
+            and not self.training  # the written-out step has no dropout
         )
 
     def init_state(self, annotations: Tensor) -> State:
