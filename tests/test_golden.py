@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from golden.fingerprint import REFERENCE, run_golden
 
 pytestmark = pytest.mark.slow  # ~1.5 min on one core; CI runs it (.ci/run)
