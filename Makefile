@@ -7,7 +7,7 @@ export TORCH_HOME
 include mk/weights.mk
 -include mk/bench.mk
 
-.PHONY: help install demo test test-slow lint ui sweep-smoke sweep report
+.PHONY: help install demo test test-fast test-slow lint ui sweep-smoke sweep report
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -17,7 +17,10 @@ install:  ## install the package (editable) with its test extras
 demo: install weights  ## the main job: train on the generated shapes set, print a caption, write an attention figure
 	$(PY) train.py experiment=demo
 
-test: install  ## the test suite (fast; slow checks: make test-slow)
+test: install  ## every test, slow ones included (exact resume, DDP, MLflow, golden run): the command CI runs
+	$(PY) -m pytest -m "slow or not slow"
+
+test-fast: install  ## the default suite only (plain `pytest`: the fast tests, a couple of minutes)
 	$(PY) -m pytest
 
 test-slow: install  ## slow and data-heavy checks only
