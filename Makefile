@@ -30,7 +30,7 @@ lint:  ## ruff check + format check
 	ruff check . && ruff format --check .
 
 ui:  ## MLflow UI on http://127.0.0.1:5000 over the local store (compare runs and sweeps)
-	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	$(PY) -m captioner.ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 SWEEPS := optim_dropout pretrain_finetune teacher_forcing optical_finetune label_smoothing tf_scheduler
 sweep-smoke: install weights  ## every seed ablation group end to end at smoke scale

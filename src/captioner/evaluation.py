@@ -12,6 +12,7 @@ import torch
 
 from captioner.data.records import ImageRecord
 from captioner.data.vocab import Vocab
+from captioner.progress import progress as progress_bar
 from captioner.train.distributed import SINGLE, DistInfo, gather_objects
 
 # Validation runs every epoch: METEOR (a Java process) is kept for the final test evaluation.
@@ -42,11 +43,13 @@ def evaluate_split(
     temperature: float | None = None,
     keep_alphas: int | None = None,
     metrics: tuple[str, ...] = VALIDATION_METRICS,
+    desc: str | None = None,
 ) -> SplitResult:
     """Decode every image of ``loader`` with ``decode_cfg`` and score against all references.
 
     Grounding metrics are added when the records carry shapes ground truth (``meta["objects"]``).
-    Under DDP each rank decodes its shard and rank 0 scores the gathered captions.
+    Under DDP each rank decodes its shard and rank 0 scores the gathered captions. With ``desc``, a
+    progress line (bar on a terminal) names the work and its ETA.
     """
     from captioner.decode import decode, hypotheses_to_words
     from captioner.metrics import score_captions
@@ -56,7 +59,7 @@ def evaluate_split(
     captions: dict[str, list[str]] = {}
     alphas: dict[str, np.ndarray] = {}
     grid = (0, 0)
-    for batch in loader:
+    for batch in progress_bar(loader, desc=desc or "", disable=desc is None or not dist_info.is_main):
         with autocast or nullcontext():
             if "features" in batch:  # cached (B, h, w, D) encoder maps
                 fmap = batch["features"].to(device, non_blocking=True).float()

@@ -187,6 +187,7 @@ def evaluate_checkpoint(
             device,
             temperature=loaded.temperature,
             metrics=tuple(metrics),
+            desc=f"decoding {split}",
         )
     return results
 

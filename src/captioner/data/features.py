@@ -27,7 +27,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from captioner.data.records import (
     IMAGES_INDEX,
@@ -38,6 +37,7 @@ from captioner.data.records import (
     write_json_atomic,
 )
 from captioner.errors import ConfigError, DataError
+from captioner.progress import progress as progress_bar
 
 META = "meta.json"
 
@@ -159,7 +159,7 @@ class FeatureCache:
         try:
             with torch.inference_mode():
                 row = 0
-                for batch in tqdm(loader, desc=f"features {split}", disable=not progress):
+                for batch in progress_bar(loader, desc=f"features {split}", disable=not progress):
                     feats = encoder(batch["images"].to(device))
                     if feats.dim() != 4:
                         raise ConfigError(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -67,22 +69,38 @@ def pretrained_weights(arch: str) -> models.WeightsEnum:
     return getattr(enum, name)
 
 
+def ensure_weights(arch: str) -> None:
+    """Make sure ``arch``'s ImageNet weights file is in the torch hub cache (download it if we can).
+
+    Called before any data is generated, so an offline machine learns of a missing file in seconds.
+    """
+    weights = pretrained_weights(arch)
+    file = weights.url.rsplit("/", 1)[-1]
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    if (folder / file).exists():
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(weights.url, str(folder / file), progress=False)
+    except OSError as err:  # urllib.error.URLError and socket errors are OSErrors
+        shipped = (
+            "run `make weights`, or "
+            if arch == "mobilenet_v2"
+            else "use encoder=mobilenet_v2 (`make weights` installs its file offline), "
+        )
+        raise DataError(
+            f"encoder.arch={arch}: ImageNet weights file {file} is not in {folder}/ and could not be "
+            f"downloaded ({type(err).__name__}); {shipped}put the file there, or train this encoder from "
+            "scratch with encoder.pretrained=false encoder.finetune=true"
+        ) from None
+
+
 def load_classifier(arch: str, pretrained: bool) -> nn.Module:
-    """Build the torchvision classifier, turning a failed offline download into one line."""
+    """Build the torchvision classifier (ImageNet weights from the hub cache when ``pretrained``)."""
     if not pretrained:
         return models.get_model(arch, weights=None)
-    weights = pretrained_weights(arch)
-    try:
-        return models.get_model(arch, weights=weights)
-    except OSError as err:  # urllib.error.URLError and socket errors are OSErrors
-        file = weights.url.rsplit("/", 1)[-1]
-        folder = f"{torch.hub.get_dir()}/checkpoints/"
-        hint = "run `make weights`, or " if arch == "mobilenet_v2" else ""
-        raise DataError(
-            f"encoder.arch={arch}: pretrained weights file {file} is not in {folder} ($TORCH_HOME/hub/"
-            f"checkpoints/) and could not be downloaded ({type(err).__name__}); {hint}put the file there, "
-            "or set encoder.pretrained=false"
-        ) from None
+    ensure_weights(arch)
+    return models.get_model(arch, weights=pretrained_weights(arch))
 
 
 class _UpToLayer(nn.Module):

@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from captioner.data.records import ImageRecord, read_annotations, write_json_atomic
 from captioner.data.vocab import Vocab
 from captioner.errors import CaptionerError, CheckpointError, ConfigError
 from captioner.evaluation import TEST_METRICS, SplitResult, evaluate_split
+from captioner.progress import log_line
+from captioner.progress import progress as progress_bar
 from captioner.train import checkpoint as ckpt
 from captioner.train.distributed import all_reduce_mean, broadcast_object, cleanup, init_distributed
 from captioner.train.setup import (
@@ -142,7 +143,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         for epoch in range(progress.epoch, t.epochs):
             data.set_epoch(epoch)
             train_model.train()
-            bar = tqdm(
+            bar = progress_bar(
                 data.train, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not dist_info.is_main, leave=False
             )
             seen, started, running = 0, time.perf_counter(), 0.0
@@ -195,7 +196,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
             scheduler.step_epoch()
             progress.epoch = epoch + 1
             train_loss = all_reduce_mean(running, dist_info)
-            summary = f"epoch {progress.epoch}/{t.epochs} loss {train_loss:.3f} {seen / (time.perf_counter() - started):.0f} captions/s"
+            # Scheduled sampling feeds more of the model's own words as epsilon falls, so the loss can
+            # rise while the model improves: the epoch line shows epsilon next to the loss.
+            summary = (
+                f"epoch {progress.epoch}/{t.epochs} loss {train_loss:.3f} (teacher forcing {eps:.2f}) "
+                f"{seen / (time.perf_counter() - started):.0f} captions/s"
+            )
 
             stop = False
             if progress.epoch % t.val_every == 0 or progress.epoch == t.epochs:
@@ -242,9 +248,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     run_dir / "last.pt",
                     _state(model, optimizer, scheduler, scaler, progress, vocab, resolved),
                 )
-                tqdm.write(summary)
+                log_line(summary)
             if stop:
-                tqdm.write(
+                log_line(
                     f"early stop: no {t.early_stop.metric} improvement in {t.early_stop.patience} validations"
                 )
                 break
@@ -373,10 +379,10 @@ def _final_evaluation(
             )
             tracker.log_artifact(path, "figures")
         first = sorted(shown.alphas)[0]
-        print(f"caption for test image {first}: {' '.join(shown.captions[first])}")
+        log_line(f"caption for test image {first}: {' '.join(shown.captions[first])}")
         if (figures / f"{first}.png").exists():
-            print(f"attention figure: {figures / (first + '.png')}")
+            log_line(f"attention figure: {figures / (first + '.png')}")
     for split, m in final.items():
-        print(f"{split}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()))
-    print(f"checkpoints and metrics in {run_dir}")
+        log_line(f"{split}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()))
+    log_line(f"checkpoints and metrics in {run_dir}")
     return final

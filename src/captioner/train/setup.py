@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from captioner.data.records import MANIFEST
 from captioner.data.vocab import Vocab
 from captioner.errors import ConfigError, DataError
+from captioner.progress import log_line
 from captioner.train.distributed import SINGLE, DistInfo
 
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
@@ -82,7 +83,7 @@ def ensure_prepared(data_cfg: DictConfig, dist_info: DistInfo = SINGLE) -> Path:
     if dist_info.is_main:
         from captioner.data.prepare import prepare_dataset
 
-        print(f"generating the shapes benchmark into {root} (once)")
+        log_line(f"generating the shapes benchmark into {root} (once)")
         prepare_dataset(out=root, **prepare)
     if dist_info.enabled:
         torch.distributed.barrier()
@@ -185,7 +186,7 @@ def build_data(
     if cached:  # cached features are of un-augmented images
         augment = NO_AUGMENT
         if dist_info.is_main:
-            print(
+            log_line(
                 "training on cached frozen-encoder features: image augmentation is off (trainer.cache_features=false to augment)"
             )
     train, evals = build_loaders(
@@ -213,7 +214,7 @@ def validate_config(cfg: DictConfig) -> None:
     from captioner.decode import DecodeConfig
     from captioner.model.captioner import Captioner
     from captioner.model.decoder import Decoder
-    from captioner.model.encoder import ARCHS
+    from captioner.model.encoder import ARCHS, ensure_weights
     from captioner.train.optim import build_optimizer, build_scheduler
     from captioner.train.teacher_forcing import build_schedule
 
@@ -237,3 +238,11 @@ def validate_config(cfg: DictConfig) -> None:
     probe = Captioner(None, Decoder(vocab_size=8, encoder_dim=8, **decoder_kwargs))
     optimizer = build_optimizer(probe, **_plain(cfg.optimizer))
     build_scheduler(optimizer, total_steps=10, steps_per_epoch=5, **_plain(cfg.scheduler))
+    if cfg.encoder.pretrained:
+        ensure_weights(cfg.encoder.arch)  # before data generation: an offline machine learns in seconds
+    elif not cfg.encoder.finetune:
+        log_line(
+            f"warning: encoder.pretrained=false with a frozen encoder: the decoder trains on features of a "
+            f"random {cfg.encoder.arch}, so captions will barely depend on the image; set "
+            "encoder.finetune=true to train the encoder too, or use ImageNet weights (encoder=mobilenet_v2)"
+        )
