@@ -270,7 +270,7 @@ def test_direct_calls_validate_too(decoder: Decoder) -> None:
 
 
 @pytest.mark.parametrize("method", ["greedy", "beam", "sample"])
-def test_decode_config_files_hold_every_key(method: str) -> None:
+def test_decode_config_files_are_decode_config_fields(method: str) -> None:
     values = group_yaml(Path(__file__).parents[1] / "conf" / "decode" / f"{method}.yaml")
-    assert set(values) == {f.name for f in fields(DecodeConfig)}
+    assert set(values) <= {f.name for f in fields(DecodeConfig)}
     assert asdict(DecodeConfig(**values))["method"] == method

@@ -205,5 +205,5 @@ def test_encoder_configs_map_to_build_encoder() -> None:
     assert {f.stem for f in files} >= set(ARCHS) | {"shufflenet", "mobilenet_v2", "resnet50"}
     for f in files:
         cfg = group_yaml(f)
-        assert list(cfg) == kwargs, f.name
+        assert set(cfg) <= set(kwargs), f.name
         assert cfg["arch"] in ARCHS and (f.stem == cfg["arch"] or f.stem == "shufflenet")

@@ -7,6 +7,7 @@ import torch
 from conftest import group_yaml
 from torch import nn
 
+from captioner.config import SmoothingConfig
 from captioner.errors import CheckpointError, ConfigError
 from captioner.train.optim import SCHEDULERS, build_optimizer, build_scheduler, clip_gradients
 
@@ -121,7 +122,7 @@ def _run_batches(optimizer: torch.optim.Optimizer, schedule, n: int) -> list[flo
 )
 def test_cosine_restarts_end_exactly_at_min_lr(total: int, per_epoch: int, n_restarts: int) -> None:
     optimizer = _opt(2e-3)
-    schedule = build_scheduler(optimizer, "cosine", total_steps=total, steps_per_epoch=per_epoch)
+    schedule = build_scheduler(optimizer, "cosine", total_steps=total, steps_per_epoch=per_epoch, n_cycles=3)
     lrs = _run_batches(optimizer, schedule, total)
     assert lrs[0] == 2e-3
     assert lrs[-1] == pytest.approx(2e-3 * 1e-3, rel=1e-12) and lrs[-1] <= lrs[0] / 1000
@@ -273,7 +274,10 @@ def test_yaml_files_build() -> None:
         assert schedule.name == path.stem
         names.add(schedule.name)
     assert names == set(SCHEDULERS)
-    values = {p.stem: group_yaml(p)["value"] for p in (ROOT / "conf" / "smoothing").glob("*.yaml")}
+    values = {
+        p.stem: group_yaml(p).get("value", SmoothingConfig.value)
+        for p in (ROOT / "conf" / "smoothing").glob("*.yaml")
+    }
     assert values == {
         "none": 0.0,
         "ls_0.05": 0.05,

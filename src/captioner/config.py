@@ -6,7 +6,10 @@ the key. Each group's fields are the keyword arguments of the constructor the gr
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -15,81 +18,48 @@ from omegaconf import MISSING
 
 @dataclass
 class EarlyStopConfig:
-    metric: str = "bleu4"
-    mode: str = "max"
-    patience: int = 0
+    metric: str = "bleu4"  # any validation metric: bleu1..4, cider_d, rouge_l, object_f1, ...
+    mode: str = "max"  # max | min: which way is better (early stopping, best.pt, the plateau scheduler)
+    patience: int = 0  # validations without improvement before stopping; 0 = never stop early
 
 
 @dataclass
 class TrainerConfig:
+    """The training loop's settings (``conf/trainer/*.yaml``); the defaults live here and nowhere else."""
+
     epochs: int = 10
-    device: str = "auto"
-    precision: str = "auto"
-    channels_last: bool = False
-    compile: bool = False
-    grad_clip: str = "norm"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = "auto"  # auto (fp16 + GradScaler on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
+    channels_last: bool = False  # CUDA only
+    compile: bool = False  # torch.compile the training model
+    grad_clip: str = "norm"  # none | norm | value
     clip_value: float = 5.0
-    accumulate: int = 1
-    val_every: int = 1
+    accumulate: int = 1  # gradient accumulation: optimiser step every N batches
+    val_every: int = 1  # validate every N epochs (and after the last)
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
-    cache_features: bool = True
+    cache_features: bool = True  # frozen encoders: encode every image once into an fp16 cache, train on it
     encode_batch_size: int = 64
-    att_gamma: float = 1.0
+    att_gamma: float = 1.0  # weight of the doubly stochastic attention loss (paper Eq. 14)
+    # mean over locations (seed; keeps the term on the scale of the word loss) | sum (paper Eq. 14)
     att_reduction: str = "mean"
     seed: int = 0
+    # CPU threads for torch (0 = torch's default); 1 per process when several share a machine
     threads: int = 0
-    resume: str | None = None
-    log_every: int = 20
-    figures: int = 4
+    resume: str | None = None  # a run folder or checkpoint to continue exactly (last.pt)
+    log_every: int = 20  # optimiser steps between MLflow step metrics
+    figures: int = 4  # test images with attention figures written at the end
 
 
 @dataclass
 class LoggerConfig:
+    """MLflow tracking (``conf/logger``): ``logger=none`` only turns it off."""
+
     enabled: bool = True
-    tracking_uri: str = "sqlite:///mlflow.db"
-    experiment: str = MISSING
+    # the embedded local store unless MLFLOW_TRACKING_URI is set (e.g. http://host:5000)
+    tracking_uri: str = "${oc.env:MLFLOW_TRACKING_URI,sqlite:///mlflow.db}"
+    experiment: str = "${data.name}"
     run_name: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class TeacherForcingConfig:
-    """kwargs of ``captioner.train.teacher_forcing.build_schedule``."""
-
-    name: str = "inv_sigmoid"
-    epochs: int = MISSING
-    k: float = 1.0
-    floor: float = 0.0
-    gamma: float = 0.9
-
-
-@dataclass
-class OptimizerConfig:
-    """kwargs of ``captioner.train.optim.build_optimizer``."""
-
-    name: str = "adamw"
-    encoder_lr: float = 1e-5
-    decoder_lr: float = 2e-3
-    embedding_lr: float | None = None
-    weight_decay: float = 1e-2
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-
-
-@dataclass
-class SchedulerConfig:
-    """kwargs of ``captioner.train.optim.build_scheduler`` (the loop adds the step counts)."""
-
-    name: str = "cosine"
-    warmup_steps: int = 0
-    min_lr_ratio: float = 1e-3
-    factor: float = 0.5
-    patience: int = 2
-    gamma: float = 0.9
-    step_size: int = 1
-    n_cycles: int = 3
-    cycle_mult: float = 2.0
-    pct_start: float = 0.3
 
 
 @dataclass
@@ -97,39 +67,6 @@ class SmoothingConfig:
     """Label smoothing of the word cross-entropy (``caption_loss(smoothing=...)``)."""
 
     value: float = 0.0
-
-
-@dataclass
-class EncoderConfig:
-    """kwargs of ``captioner.model.encoder.build_encoder``."""
-
-    arch: str = MISSING
-    pretrained: bool = True
-    encoder_dim: int | None = None
-    encoder_size: int | None = None
-    finetune: bool = False
-    finetune_start_step: int = 0
-    layer: str | None = None
-
-
-@dataclass
-class DecoderConfig:
-    """kwargs of ``captioner.model.decoder.Decoder`` (vocab_size and encoder_dim come from data/encoder)."""
-
-    embed_dim: int = 256
-    hidden_dim: int = 256
-    attention_dim: int = 256
-    num_layers: int = 1
-    dropout: float = 0.5
-    deep_output: bool = True
-    beta_gate: str = "scalar"
-    tie_weights: bool = False
-    embed_max_norm: float | None = None
-    pretrained_embeddings: str | None = None
-    freeze_embeddings: bool = False
-    context: str = "soft"
-    attend_word: bool = False
-    coverage: bool = False
 
 
 @dataclass
@@ -167,10 +104,12 @@ class DataConfig:
 
 @dataclass
 class PathsConfig:
-    root: str = "."
-    data_dir: str = "data"
+    """Where things live; relative paths are relative to the folder you launch from (Hydra does not chdir)."""
+
+    data_dir: str = "data"  # prepared datasets and feature caches (git-ignored)
+    # offline extras beside the repo: Flickr8k text + 14 photos, MobileNetV2 weights
     shared: str = "../shared"
-    output_dir: str = "runs"
+    output_dir: str = "runs"  # checkpoints and figures of each training run (git-ignored)
 
 
 @dataclass
@@ -188,20 +127,61 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
+def signature_schema(fn: Callable[..., Any], name: str, exclude: tuple[str, ...] = ()) -> type:
+    """A structured-config dataclass whose fields are ``fn``'s keyword arguments, with their defaults.
+
+    The constructor's signature is the one place a default lives: a group's YAML holds only what its
+    choice changes, and a typo or a wrong type still fails at start. (hydra-zen's
+    ``builds(fn, populate_full_signature=True)`` does the same but adds ``_target_``; our groups are
+    passed to their constructor as keyword arguments, one hop, so the target would be a second name.)
+    """
+    hints = typing.get_type_hints(fn)
+    fields = []
+    for param in inspect.signature(fn).parameters.values():
+        if param.name in exclude or param.name == "self" or param.kind is param.VAR_KEYWORD:
+            continue
+        default = MISSING if param.default is inspect.Parameter.empty else param.default
+        if isinstance(default, list | dict):  # mutable defaults need a factory
+            fields.append(
+                (param.name, hints.get(param.name, Any), field(default_factory=lambda d=default: d))
+            )
+        else:
+            fields.append((param.name, hints.get(param.name, Any), field(default=default)))
+    return make_dataclass(name, fields)
+
+
+def group_schemas() -> dict[str, type]:
+    """``{group: schema}`` for the groups whose keys are one constructor's keyword arguments."""
+    from captioner.decode import DecodeConfig
+    from captioner.model.decoder import Decoder
+    from captioner.model.encoder import build_encoder
+    from captioner.train.optim import build_optimizer, build_scheduler
+    from captioner.train.teacher_forcing import build_schedule
+
+    return {
+        "encoder": signature_schema(build_encoder, "EncoderConfig"),
+        # vocab_size, encoder_dim and the vocabulary's words come from the data and the encoder
+        "decoder": signature_schema(
+            Decoder.__init__, "DecoderConfig", ("vocab_size", "encoder_dim", "vocab_itos")
+        ),
+        "tf": signature_schema(build_schedule, "TeacherForcingConfig"),
+        "optimizer": signature_schema(build_optimizer, "OptimizerConfig", ("model",)),
+        # the loop adds the optimizer and the step counts
+        "scheduler": signature_schema(
+            build_scheduler, "SchedulerConfig", ("optimizer", "total_steps", "steps_per_epoch")
+        ),
+        "decode": DecodeConfig,
+        "smoothing": SmoothingConfig,
+        "trainer": TrainerConfig,
+        "logger": LoggerConfig,
+        "data": DataConfig,
+        "paths": PathsConfig,
+    }
+
+
 def register() -> None:
     """Register the schemas under the names the YAML files' defaults lists use (``base_<group>``)."""
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
-    cs.store(group="trainer", name="base_trainer", node=TrainerConfig)
-    cs.store(group="logger", name="base_logger", node=LoggerConfig)
-    from captioner.decode import DecodeConfig
-
-    cs.store(group="tf", name="base_tf", node=TeacherForcingConfig)
-    cs.store(group="encoder", name="base_encoder", node=EncoderConfig)
-    cs.store(group="decoder", name="base_decoder", node=DecoderConfig)
-    cs.store(group="data", name="base_data", node=DataConfig)
-    cs.store(group="decode", name="base_decode", node=DecodeConfig)
-    cs.store(group="optimizer", name="base_optimizer", node=OptimizerConfig)
-    cs.store(group="scheduler", name="base_scheduler", node=SchedulerConfig)
-    cs.store(group="smoothing", name="base_smoothing", node=SmoothingConfig)
-    cs.store(group="paths", name="base_paths", node=PathsConfig)
+    for group, schema in group_schemas().items():
+        cs.store(group=group, name=f"base_{group}", node=schema)

@@ -62,18 +62,18 @@ class DecodeConfig:
     the validation set, which the caller passes to ``decode(..., fitted_temperature=...)``.
     """
 
-    method: str = "beam"
-    k: int = 3
-    n_best: int = 1
-    max_len: int = 30
-    ban_unk: bool = False
-    length_norm: float = 0.0
-    word_reward: float = 0.0
-    adaptive_reward: float = 0.0
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    calibrated: bool = False
+    method: str = "beam"  # beam | greedy | sample
+    k: int = 3  # beam width (beam only)
+    n_best: int = 1  # captions returned per image (<= k for beam; draws for sample)
+    max_len: int = 30  # most tokens per caption, <end> included
+    ban_unk: bool = False  # never emit <unk>
+    length_norm: float = 0.0  # beam rescoring: sum(log p) / length**length_norm (0 = off)
+    word_reward: float = 0.0  # beam rescoring: + word_reward per token
+    adaptive_reward: float = 0.0  # beam rescoring: each token's cost refunded up to this many nats (0 = off)
+    temperature: float = 1.0  # logits / temperature (changes scores, not the argmax)
+    top_k: int = 0  # sampling only: keep the k most likely words (0 = all)
+    top_p: float = 1.0  # sampling only: nucleus mass
+    calibrated: bool = False  # multiply temperature by the one fitted on val (Guo et al. 2017)
 
     def __post_init__(self) -> None:
         require(
@@ -193,7 +193,7 @@ def sample(
 def beam_search(
     decoder: nn.Module,
     annotations: Tensor,
-    k: int = 5,
+    k: int = 3,
     n_best: int = 1,
     max_len: int = 30,
     ban_unk: bool = False,

@@ -80,6 +80,13 @@ class Decoder(nn.Module):
     paths train it). With deep output the projection is L_o (E -> V), so any sizes tie; without it the
     projection reads the hidden state, so tying needs ``hidden_dim == embed_dim`` (ConfigError otherwise,
     rather than a hidden extra projection).
+
+    The ``decoder`` config group sets these keyword arguments (defaults here, nowhere else):
+    ``num_layers`` (seed: a 2nd layer did not help), ``dropout`` (seed v17/v42: 0.5 helped),
+    ``deep_output`` (paper Eq. 7; seed: without it the decoder ignores the image), ``beta_gate``
+    (scalar: paper Sec. 4.2.1 | channel: seed | none), ``tie_weights``, ``embed_max_norm`` (seed:
+    normalise randomly initialised embeddings, e.g. 1.0), ``pretrained_embeddings`` (a GloVe-format text
+    file; embed_dim must equal its dimension), ``freeze_embeddings``, ``context``, ``attend_word``, ``coverage``.
     """
 
     def __init__(

@@ -16,7 +16,7 @@ def caption_loss(
     captions: Tensor,
     smoothing: float = 0.0,
     att_gamma: float = 1.0,
-    att_reduction: str = "sum",
+    att_reduction: str = "mean",
     pad_id: int = 0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Total loss and detached parts {"xent", "att", "nll"} over the non-pad targets captions[:, 1:].

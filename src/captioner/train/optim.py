@@ -229,7 +229,7 @@ def build_scheduler(
     patience: int = 2,
     gamma: float = 0.9,
     step_size: int = 1,
-    n_cycles: int = 3,
+    n_cycles: int = 1,
     cycle_mult: float = 2.0,
     pct_start: float = 0.3,
 ) -> LRSchedule:
