@@ -286,3 +286,16 @@ def test_yaml_files_build() -> None:
         "ls_0.4": 0.4,
         "ls_0.6": 0.6,
     }
+
+
+@pytest.mark.parametrize(
+    ("mode", "metrics", "cut"), [("max", [1.0, 0.5, 0.4], True), ("min", [1.0, 0.5, 0.4], False)]
+)
+def test_plateau_follows_the_early_stop_direction(mode: str, metrics: list[float], cut: bool) -> None:
+    optimizer = _opt(1.0)
+    schedule = build_scheduler(
+        optimizer, "plateau", total_steps=10, steps_per_epoch=1, metric_mode=mode, patience=1, factor=0.5
+    )
+    for m in metrics:
+        schedule.step_validation(m)
+    assert (optimizer.param_groups[0]["lr"] < 1.0) is cut

@@ -166,9 +166,9 @@ def group_schemas() -> dict[str, type]:
         ),
         "tf": signature_schema(build_schedule, "TeacherForcingConfig"),
         "optimizer": signature_schema(build_optimizer, "OptimizerConfig", ("model",)),
-        # the loop adds the optimizer and the step counts
+        # the loop adds the optimizer, the step counts and trainer.early_stop.mode
         "scheduler": signature_schema(
-            build_scheduler, "SchedulerConfig", ("optimizer", "total_steps", "steps_per_epoch")
+            build_scheduler, "SchedulerConfig", ("optimizer", "total_steps", "steps_per_epoch", "metric_mode")
         ),
         "decode": DecodeConfig,
         "smoothing": SmoothingConfig,

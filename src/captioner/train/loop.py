@@ -99,7 +99,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     optimizer = build_optimizer(model, **cfg.optimizer)
     steps_per_epoch = math.ceil(len(data.train) / t.accumulate)
     scheduler = build_scheduler(
-        optimizer, total_steps=steps_per_epoch * t.epochs, steps_per_epoch=steps_per_epoch, **cfg.scheduler
+        optimizer,
+        total_steps=steps_per_epoch * t.epochs,
+        steps_per_epoch=steps_per_epoch,
+        metric_mode=t.early_stop.mode,
+        **cfg.scheduler,
     )
     tf_schedule = build_schedule(**cfg.tf)
     scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")

@@ -186,7 +186,7 @@ class LRSchedule:
             self._apply()
 
     def step_validation(self, metric: float) -> None:
-        """Call after every validation with BLEU-4 (higher is better): advances ``plateau``."""
+        """Call after every validation with the early-stop metric: advances ``plateau``."""
         if self.unit == "validation":
             self._step_inner(float(metric))
             self._apply()
@@ -223,6 +223,7 @@ def build_scheduler(
     name: str,
     total_steps: int,
     steps_per_epoch: int,
+    metric_mode: str = "max",
     warmup_steps: int = 0,
     min_lr_ratio: float = 1e-3,
     factor: float = 0.5,
@@ -236,7 +237,7 @@ def build_scheduler(
     """LR schedule from the ``scheduler`` config group; the loop passes the optimiser and step counts.
 
     - ``none``: constant rate (warm-up still applies).
-    - ``plateau``: ReduceLROnPlateau on validation BLEU-4 (mode max): multiply by ``factor`` after
+    - ``plateau``: ReduceLROnPlateau on the validation metric (``metric_mode``: trainer.early_stop.mode): multiply by ``factor`` after
       ``patience`` validations without improvement, never below base * ``min_lr_ratio``.
     - ``cosine``: cosine annealing with warm restarts; up to ``n_cycles`` cycles (fewer if a cycle would
       last under 2 steps), each ``cycle_mult`` times longer than the last, fitted to sum to ``total_steps``
@@ -265,7 +266,11 @@ def build_scheduler(
         return LRSchedule(optimizer, name, None, "none", total_steps, warmup_steps)
     if name == "plateau":
         sched = lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="max", factor=factor, patience=patience, min_lr=[b * min_lr_ratio for b in base]
+            optimizer,
+            mode=metric_mode,
+            factor=factor,
+            patience=patience,
+            min_lr=[b * min_lr_ratio for b in base],
         )
         return LRSchedule(optimizer, name, sched, "validation", total_steps, warmup_steps)
     if name == "cosine":
