@@ -51,6 +51,15 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     return out
 
 
+def gather_to_main(obj: Any, info: DistInfo) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0, in rank order; None on the other ranks."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
+    return out
+
+
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
     """Rank 0's ``obj`` on every rank."""
     if not info.enabled:
