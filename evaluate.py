@@ -41,6 +41,22 @@ ConfigStore.instance().store(name="base_evaluate", node=EvaluateConfig)
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate (or calibrate) the checkpoint as ``cfg`` says; returns {split: metrics}."""
     from captioner.decode import DecodeConfig
+    from captioner.runtime.device import resolve_device
+    from captioner.runtime.distributed import cleanup, init_distributed, rank_device
+
+    decode_cfg = OmegaConf.to_container(cfg.decode, resolve=True)
+    DecodeConfig(**decode_cfg)  # a bad decode value fails before the model loads
+    device = resolve_device(cfg.device)
+    dist_info = init_distributed(device.type)  # under torchrun each rank decodes a shard of each split
+    try:
+        return _evaluate(cfg, decode_cfg, rank_device(device, dist_info), dist_info)
+    finally:
+        cleanup(dist_info)
+
+
+def _evaluate(cfg: DictConfig, decode_cfg: dict, device: Any, dist_info: Any) -> dict:
+    """Calibrate, or score the splits (rank 0 prints, writes and logs)."""
+    from captioner.errors import require
     from captioner.evaluation.calibrate import calibrate_checkpoint
     from captioner.evaluation.checkpoint import (
         eval_batch_size,
@@ -50,16 +66,13 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     from captioner.evaluation.report import metrics_table, write_results
     from captioner.model.load import load_captioner
-    from captioner.runtime.device import resolve_device
     from captioner.tracking import build_tracker
 
-    decode_cfg = OmegaConf.to_container(cfg.decode, resolve=True)
-    DecodeConfig(**decode_cfg)  # a bad decode value fails before the model loads
-    device = resolve_device(cfg.device)
     loaded = load_captioner(cfg.checkpoint, device)
-    root = resolve_data_root(loaded, cfg.data_root)
+    root = resolve_data_root(loaded, cfg.data_root, dist_info)
     batch_size = eval_batch_size(loaded, cfg.batch_size)
     if cfg.calibrate:
+        require(not dist_info.enabled, "calibrate=true rewrites the checkpoint: run it without torchrun")
         t, before, after = calibrate_checkpoint(
             loaded, root, device, batch_size=batch_size, max_tokens=cfg.calibrate_max_tokens
         )
@@ -68,7 +81,11 @@ def evaluate(cfg: DictConfig) -> dict:
         return {}
     splits = resolve_splits(root, cfg.split)
     out = Path(cfg.out) if cfg.out else loaded.path.parent / f"eval_{cfg.split}_{decode_cfg['method']}"
-    results = evaluate_checkpoint(loaded, root, splits, decode_cfg, device, batch_size, list(cfg.metrics))
+    results = evaluate_checkpoint(
+        loaded, root, splits, decode_cfg, device, batch_size, list(cfg.metrics), dist_info
+    )
+    if not dist_info.is_main:  # rank 0 scores, prints, writes and logs
+        return {}
     metrics = {split: r.metrics for split, r in results.items()}
     print(metrics_table(metrics))
     written = write_results(out, results)

@@ -18,6 +18,7 @@ from captioner.errors import CheckpointError, ConfigError, require
 from captioner.evaluation.core import TEST_METRICS, SplitResult, evaluate_split
 from captioner.model.load import Loaded
 from captioner.runtime.device import autocast_context, resolve_precision
+from captioner.runtime.distributed import SINGLE, DistInfo
 
 
 def check_vocab(loaded: Loaded, data_root: str | Path) -> None:
@@ -43,7 +44,9 @@ def check_decode(loaded: Loaded, decode_cfg: Mapping[str, Any]) -> None:
     )
 
 
-def resolve_data_root(loaded: Loaded, data_root: str | Path | None = None) -> Path:
+def resolve_data_root(
+    loaded: Loaded, data_root: str | Path | None = None, dist_info: DistInfo = SINGLE
+) -> Path:
     """The prepared folder to evaluate on: ``data_root`` or the checkpoint's ``data.root``.
 
     The generated shapes set is regenerated from the saved config when absent; real data must be
@@ -52,7 +55,7 @@ def resolve_data_root(loaded: Loaded, data_root: str | Path | None = None) -> Pa
     data_cfg = OmegaConf.create(loaded.config["data"])
     if data_root is not None:
         data_cfg.root = str(data_root)
-    root = ensure_prepared(data_cfg)
+    root = ensure_prepared(data_cfg, dist_info)
     check_vocab(loaded, root)
     return root
 
@@ -93,23 +96,26 @@ def evaluate_checkpoint(
     device: torch.device,
     batch_size: int | None = None,
     metrics: Sequence[str] = TEST_METRICS,
+    dist_info: DistInfo = SINGLE,
 ) -> dict[str, SplitResult]:
     """Decode and score each split; returns ``{split: SplitResult}`` (text ``metrics`` + grounding metrics).
 
     As in training: a frozen encoder trained on the feature cache is scored on that cache (fp16
     features), a fine-tuned one encodes every image; the precision and the batch size (None = the
-    run's eval batch size) are the run's, so the loop's test metrics and these agree.
+    run's eval batch size) are the run's, so the loop's test metrics and these agree. Under torchrun
+    each rank decodes its shard of every split and rank 0 scores them (metrics on rank 0 only).
     """
     check_decode(loaded, decode_cfg)
     batch_size = eval_batch_size(loaded, batch_size)
     records = {r.id: r for r in read_annotations(root)}
     features = None
     if uses_feature_cache(loaded.config):
-        features = cached_features(root, loaded.config, loaded.model.encoder, splits, device)
+        features = cached_features(root, loaded.config, loaded.model.encoder, splits, device, dist_info)
     autocast = autocast_context(device, eval_precision(loaded, device))
     results = {}
     for split in splits:
-        loader = build_eval_loader(root, split, loaded.image_size, batch_size, features)
+        shard = (dist_info.world_size, dist_info.rank)
+        loader = build_eval_loader(root, split, loaded.image_size, batch_size, features, distributed=shard)
         results[split] = evaluate_split(
             loaded.model,
             loader,
@@ -117,7 +123,8 @@ def evaluate_checkpoint(
             records,
             dict(decode_cfg),
             device,
-            autocast=autocast,
+            dist_info,
+            autocast,
             temperature=loaded.temperature,
             metrics=tuple(metrics),
             desc=f"decoding {split}",

@@ -42,6 +42,13 @@ def init_distributed(device: str) -> DistInfo:
     return info
 
 
+def rank_device(device: torch.device, info: DistInfo) -> torch.device:
+    """This rank's device: under DDP on CUDA, the GPU of its local rank."""
+    if info.enabled and device.type == "cuda":
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """Every rank's ``obj`` on every rank (a list of one element when not distributed)."""
     if not info.enabled:

@@ -30,7 +30,13 @@ from captioner.progress import log_line
 from captioner.progress import progress as progress_bar
 from captioner.runtime import checkpoint as ckpt
 from captioner.runtime.device import autocast_context, resolve_device, resolve_precision
-from captioner.runtime.distributed import all_reduce_mean, broadcast_object, cleanup, init_distributed
+from captioner.runtime.distributed import (
+    all_reduce_mean,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    rank_device,
+)
 from captioner.runtime.files import write_json_atomic
 from captioner.train.validate import validate_config
 
@@ -77,8 +83,7 @@ def train(
         torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
     dist_info = init_distributed(device.type)
-    if dist_info.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
+    device = rank_device(device, dist_info)
     precision = resolve_precision(t.precision, device)
     run_dir = Path(run_dir)
 
