@@ -12,20 +12,38 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
 
-# Low to high; a module may import its own layer and the ones below. viz and tracking import only
-# captioner.errors: leaf services that evaluation and training both use, so they sit with data/model.
+# Low to high; a module may import its own layer and the ones below. viz, tracking and progress
+# import nothing of ours but captioner.errors: leaf services that data, evaluation and training use.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("runtime", ("captioner.errors", "captioner.runtime")),
     (
         "data/model/metrics",
-        ("captioner.data", "captioner.model", "captioner.metrics", "captioner.viz", "captioner.tracking"),
+        (
+            "captioner.data",
+            "captioner.model",
+            "captioner.metrics",
+            "captioner.viz",
+            "captioner.tracking",
+            "captioner.progress",
+        ),
     ),
     ("evaluation/decode", ("captioner.evaluation", "captioner.decode")),
     (
         "train/captioning/export",
         ("captioner.train", "captioner.captioning", "captioner.export", "captioner.config"),
     ),
-    ("entry points", ("captioner.cli", "captioner.prepare", "hydra_plugins", "train", "evaluate", "caption")),
+    (
+        "entry points",
+        (
+            "captioner.cli",
+            "captioner.prepare",
+            "captioner.ui",
+            "hydra_plugins",
+            "train",
+            "evaluate",
+            "caption",
+        ),
+    ),
 ]
 ENTRY_SCRIPTS = ("train.py", "evaluate.py", "caption.py")
 PACKAGE_ROOT = "captioner"  # its __init__ holds only the version: the bottom layer, matched exactly
