@@ -7,7 +7,7 @@ stores it in the checkpoint (then decode with ``decode.calibrated=true``).
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -15,6 +15,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from captioner.cli import precheck, run_guarded
 from captioner.config import LoggerConfig, register
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions: a config error should fail fast
+    import torch
+
+    from captioner.runtime.distributed import DistInfo
 
 
 @dataclass
@@ -54,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict:
         cleanup(dist_info)
 
 
-def _evaluate(cfg: DictConfig, decode_cfg: dict, device: Any, dist_info: Any) -> dict:
+def _evaluate(cfg: DictConfig, decode_cfg: dict, device: "torch.device", dist_info: "DistInfo") -> dict:
     """Calibrate, or score the splits (rank 0 prints, writes and logs)."""
     from captioner.errors import require
     from captioner.evaluation.calibrate import calibrate_checkpoint
