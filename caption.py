@@ -1,7 +1,8 @@
 """Caption image files: `python caption.py checkpoint=runs/.../best.pt images=photos/ decode=beam decode.n_best=3`.
 
 Prints `file: caption` (and the n-best list with scores), writes captions.json and one attention
-figure per image into ``out``. Unreadable images are reported one line each and skipped; the exit
+figure per image into ``out``. In a folder every file PIL can open is captioned; every other file is
+reported by name, one line each (and in captions.json), and skipped; the exit
 status is 0 when at least one image was captioned.
 """
 
@@ -36,18 +37,19 @@ ConfigStore.instance().store(name="base_caption", node=CaptionConfig)
 
 def caption(cfg: DictConfig) -> int:
     """Caption every image ``cfg.images`` names; returns the number captioned."""
-    from captioner import inference
+    from captioner.captioning import caption_files, find_images, write_captions
     from captioner.decode import DecodeConfig
     from captioner.errors import DataError
-    from captioner.train.setup import resolve_device
+    from captioner.model.load import load_captioner
+    from captioner.runtime.device import resolve_device
 
     decode_cfg = OmegaConf.to_container(cfg.decode, resolve=True)
     DecodeConfig(**decode_cfg)
-    files = inference.find_images(cfg.images)
+    files = find_images(cfg.images)
     device = resolve_device(cfg.device)
-    loaded = inference.load_captioner(cfg.checkpoint, device)
+    loaded = load_captioner(cfg.checkpoint, device)
     out = Path(cfg.out)
-    done, failed = inference.caption_files(loaded, files, decode_cfg, device, out if cfg.figures else None)
+    done, failed = caption_files(loaded, files, decode_cfg, device, out if cfg.figures else None)
     for line in failed:
         print(f"error: {line}", file=sys.stderr)
     for c in done:
@@ -56,7 +58,7 @@ def caption(cfg: DictConfig) -> int:
             for rank, (words, score) in enumerate(c.n_best, 1):
                 print(f"  {rank}. {score:8.3f}  {' '.join(words)}")
     out.mkdir(parents=True, exist_ok=True)
-    path = inference.write_captions(out, done, failed)
+    path = write_captions(out, done, failed)
     names = ", ".join(line.split(":", 1)[0] for line in failed)
     print(f"captioned {len(done)}, failed {len(failed)}" + (f": {names}" if failed else "") + f"; see {path}")
     if not done:

@@ -7,7 +7,7 @@ stores it in the checkpoint (then decode with ``decode.calibrated=true``).
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import hydra
 from hydra.core.config_store import ConfigStore
@@ -15,6 +15,11 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 from captioner.cli import precheck, run_guarded
 from captioner.config import LoggerConfig, register
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions: a config error should fail fast
+    import torch
+
+    from captioner.runtime.distributed import DistInfo
 
 
 @dataclass
@@ -26,7 +31,7 @@ class EvaluateConfig:
     data_root: str | None = None
     out: str | None = None
     device: str = "auto"
-    batch_size: int = 32
+    batch_size: int | None = None
     metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge_l", "cider_d"])
     calibrate: bool = False
     calibrate_max_tokens: int = 20000
@@ -40,31 +45,55 @@ ConfigStore.instance().store(name="base_evaluate", node=EvaluateConfig)
 
 def evaluate(cfg: DictConfig) -> dict:
     """Evaluate (or calibrate) the checkpoint as ``cfg`` says; returns {split: metrics}."""
-    from captioner import inference
     from captioner.decode import DecodeConfig
-    from captioner.tracking import build_tracker
-    from captioner.train.setup import resolve_device
+    from captioner.runtime.device import resolve_device
+    from captioner.runtime.distributed import cleanup, init_distributed, rank_device
 
     decode_cfg = OmegaConf.to_container(cfg.decode, resolve=True)
     DecodeConfig(**decode_cfg)  # a bad decode value fails before the model loads
     device = resolve_device(cfg.device)
-    loaded = inference.load_captioner(cfg.checkpoint, device)
-    root = inference.resolve_data_root(loaded, cfg.data_root)
+    dist_info = init_distributed(device.type)  # under torchrun each rank decodes a shard of each split
+    try:
+        return _evaluate(cfg, decode_cfg, rank_device(device, dist_info), dist_info)
+    finally:
+        cleanup(dist_info)
+
+
+def _evaluate(cfg: DictConfig, decode_cfg: dict, device: "torch.device", dist_info: "DistInfo") -> dict:
+    """Calibrate, or score the splits (rank 0 prints, writes and logs)."""
+    from captioner.errors import require
+    from captioner.evaluation.calibrate import calibrate_checkpoint
+    from captioner.evaluation.checkpoint import (
+        eval_batch_size,
+        evaluate_checkpoint,
+        resolve_data_root,
+        resolve_splits,
+    )
+    from captioner.evaluation.report import metrics_table, write_results
+    from captioner.model.load import load_captioner
+    from captioner.tracking import build_tracker
+
+    loaded = load_captioner(cfg.checkpoint, device)
+    root = resolve_data_root(loaded, cfg.data_root, dist_info)
+    batch_size = eval_batch_size(loaded, cfg.batch_size)
     if cfg.calibrate:
-        t, before, after = inference.calibrate_checkpoint(
-            loaded, root, device, batch_size=cfg.batch_size, max_tokens=cfg.calibrate_max_tokens
+        require(not dist_info.enabled, "calibrate=true rewrites the checkpoint: run it without torchrun")
+        t, before, after = calibrate_checkpoint(
+            loaded, root, device, batch_size=batch_size, max_tokens=cfg.calibrate_max_tokens
         )
         print(f"val NLL {before:.4f} -> {after:.4f} at temperature {t:.4f}")
         print(f"temperature stored in {loaded.path}; decode with decode.calibrated=true to apply it")
         return {}
-    splits = inference.resolve_splits(root, cfg.split)
+    splits = resolve_splits(root, cfg.split)
     out = Path(cfg.out) if cfg.out else loaded.path.parent / f"eval_{cfg.split}_{decode_cfg['method']}"
-    results = inference.evaluate_checkpoint(
-        loaded, root, splits, decode_cfg, device, cfg.batch_size, list(cfg.metrics)
+    results = evaluate_checkpoint(
+        loaded, root, splits, decode_cfg, device, batch_size, list(cfg.metrics), dist_info
     )
+    if not dist_info.is_main:  # rank 0 scores, prints, writes and logs
+        return {}
     metrics = {split: r.metrics for split, r in results.items()}
-    print(inference.metrics_table(metrics))
-    written = inference.write_results(out, results)
+    print(metrics_table(metrics))
+    written = write_results(out, results)
 
     tracker = build_tracker(
         enabled=cfg.logger.enabled,

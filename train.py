@@ -17,8 +17,21 @@ def main(cfg: DictConfig) -> float | None:
     from captioner.train.loop import train
 
     run_dir = HydraConfig.get().runtime.output_dir
-    final = run_guarded(lambda: train(cfg, run_dir))
+    final = run_guarded(lambda: train(cfg, run_dir, on_validation=report_to_sweep))
     return final.get("objective") if final else None
+
+
+def report_to_sweep(metric: float, epoch: int) -> None:
+    """Under our Optuna sweeper, report the validation metric so a pruner can stop a poor trial."""
+    from hydra_plugins.captioner_optuna_sweeper import sweep_trial
+
+    trial = sweep_trial()
+    if trial is not None:
+        import optuna
+
+        trial.report(metric, epoch)
+        if trial.should_prune():
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} ({metric:.4g})")
 
 
 if __name__ == "__main__":

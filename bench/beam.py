@@ -87,7 +87,7 @@ def trained_decoder(
     """The checkpoint's decoder and the first test images' cached features, or None if either is missing."""
     if not checkpoint.is_file():
         return None
-    from captioner.inference import load_captioner
+    from captioner.model.load import load_captioner
 
     loaded = load_captioner(checkpoint)
     root = ROOT / loaded.config["data"]["root"]

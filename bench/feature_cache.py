@@ -6,7 +6,7 @@
 
 Same model both ways: frozen MobileNetV2 (ImageNet weights when ``make weights`` put them in
 $TORCH_HOME, else random: the speed is the same) + the ``decoder/sat`` config's Decoder, built by
-``captioner.train.setup.build_model``. Same data: the generated shapes set through the project's
+``captioner.model.build.build_model``. Same data: the generated shapes set through the project's
 ``build_loaders`` (no augmentation either way, so only the encoder differs). Each train step is what
 the training loop does on CPU: forward (teacher forcing 1.0), caption_loss, backward, gradient-norm
 clip, AdamW step. The one-off cache build (``FeatureCache.ensure``) is timed separately and not
@@ -25,12 +25,13 @@ from common import Run, print_table
 
 from captioner.data.features import FeatureCache
 from captioner.data.loaders import build_loaders
+from captioner.data.pipeline import NO_AUGMENT
 from captioner.data.shapes import generate_dataset
 from captioner.data.vocab import Vocab
+from captioner.model.build import build_model
 from captioner.model.encoder import pretrained_weights
 from captioner.model.loss import caption_loss
 from captioner.train.optim import build_optimizer, clip_gradients
-from captioner.train.setup import NO_AUGMENT, build_model
 
 # conf/decoder/sat.yaml (the default decoder), as build_model receives it.
 DECODER = dict(

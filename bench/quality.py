@@ -9,7 +9,7 @@ Each ``--run LABEL=PATH`` is a training run folder (its ``best.pt`` is used) or 
 a bare ``PATH`` is labelled by its folder name. The runs come from ``python train.py`` (the controls:
 ``experiment=quality decoder.context=soft|mean|blind``); this script only evaluates, it never trains.
 ``--sweep-result`` adds test rows of a sweep (frozen vs fine-tuned encoder, measured at the sweep's scale). Every
-checkpoint is scored with ``captioner.inference.evaluate_checkpoint`` on its own prepared data, for
+checkpoint is scored with ``captioner.evaluation.checkpoint.evaluate_checkpoint`` on its own prepared data, for
 each decoding (``greedy`` or ``beamK``, other options at the ``DecodeConfig`` defaults) and split.
 
 Prints one row per (run, decode, split) with a ``target`` column against the quality targets below,
@@ -120,15 +120,15 @@ def evaluate_one(
     loaded: Any, root: Path, split: str, decode: str, decode_cfg: dict, args: argparse.Namespace, digest: str
 ) -> tuple[dict[str, Any], bool]:
     """Metrics of one (checkpoint, decode, split), reused from quality/<decode>_<split>.json when allowed."""
-    from captioner import inference
-    from captioner.data.records import write_json_atomic
+    from captioner.evaluation.checkpoint import evaluate_checkpoint
+    from captioner.runtime.files import write_json_atomic
 
     saved = loaded.path.parent / "quality" / f"{decode}_{split}.json"
     if args.reuse and saved.is_file():
         record = json.loads(saved.read_text())
         if record.get("checkpoint_sha256") == digest and record.get("decode") == decode_cfg:
             return record["metrics"], True
-    result = inference.evaluate_checkpoint(
+    result = evaluate_checkpoint(
         loaded, root, [split], decode_cfg, args.device, args.batch_size, TEST_METRICS
     )[split]
     # JSON has no NaN: metrics undefined on a split (no object words) are saved as null.
@@ -150,8 +150,9 @@ def evaluate_one(
 
 def build_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluate every run x decode x split; returns (table rows, per-run provenance)."""
-    from captioner import inference
     from captioner.data.records import read_annotations
+    from captioner.evaluation.checkpoint import resolve_data_root
+    from captioner.model.load import load_captioner
 
     runs = [parse_run(spec) for spec in args.run]
     labels = [label for label, _ in runs]
@@ -160,8 +161,8 @@ def build_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[di
     decodes = {name: decode_config(name) for name in args.decode}
     rows, sources = [], []
     for label, checkpoint in runs:
-        loaded = inference.load_captioner(checkpoint, args.device)
-        root = inference.resolve_data_root(loaded, args.data_root)
+        loaded = load_captioner(checkpoint, args.device)
+        root = resolve_data_root(loaded, args.data_root)
         present = sorted({r.split for r in read_annotations(root)})
         absent = [s for s in args.splits if s not in present]
         if absent:  # fail before any decoding, naming the splits there are
@@ -259,7 +260,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     run = Run("quality")
     try:
-        from captioner.train.setup import resolve_device
+        from captioner.runtime.device import resolve_device
 
         args.device = resolve_device(args.device)
         rows, sources = build_table(args)

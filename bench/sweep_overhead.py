@@ -107,7 +107,7 @@ def bench_compose(repeats: int) -> tuple[dict[str, Any], dict[str, Any]]:
     from omegaconf import OmegaConf, open_dict
 
     from captioner.config import register
-    from captioner.train.setup import validate_config
+    from captioner.train.validate import validate_config
 
     register()
     compose_times, validate_times = [], []

@@ -1,4 +1,4 @@
-"""caption.py / captioner.inference on photos and shapes images: captions, attention figures, bad input."""
+"""caption.py / captioner.captioning on photos and shapes images: captions, attention figures, bad input."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from conftest import SHARED, TinyRun, run_script
 from PIL import Image
 
+from captioner.captioning import caption_files, find_images, read_image
 from captioner.data.store import ImageStore
 from captioner.errors import DataError
-from captioner.inference import caption_files, find_images, load_captioner, read_image
+from captioner.model.load import load_captioner
 
 PHOTOS = SHARED / "data" / "flickr8k" / "images"
 CPU = torch.device("cpu")
@@ -74,16 +75,61 @@ def test_bad_images_are_one_line_errors(tmp_path: Path):
     good = tmp_path / "good.png"
     Image.new("RGB", (64, 64), "red").save(good)
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
-    (tmp_path / "readme.txt").write_text("ignored: not an image suffix\n")
-    for name in ("notes.jpg", "cut.png"):
+    (tmp_path / "readme.txt").write_text("not an image either\n")
+    for name in ("notes.jpg", "cut.png", "readme.txt"):
         with pytest.raises(DataError, match=rf"^{name}: cannot read image \(.*\); skipped$"):
             read_image(tmp_path / name)
-    assert [p.name for p in find_images(tmp_path)] == ["cut.png", "good.png", "notes.jpg"]
+    # Every file is a candidate: PIL, not the suffix, decides what is an image.
+    assert [p.name for p in find_images(tmp_path)] == ["cut.png", "good.png", "notes.jpg", "readme.txt"]
     with pytest.raises(DataError, match="does not exist"):
         find_images(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="holds no image files"):
+    with pytest.raises(DataError, match="is an empty folder"):
         find_images(tmp_path / "empty")
+
+
+def test_cli_mixed_folder_captions_every_format_pil_opens_and_names_the_rest(
+    tiny_run: TinyRun, tmp_path: Path
+):
+    images = tmp_path / "mixed"
+    shape = _shapes_image(tiny_run, images, "source.png")
+    picture = Image.open(shape).convert("RGB")
+    formats = {
+        "a.jpg": "JPEG",
+        "b.png": "PNG",
+        "c.gif": "GIF",
+        "d.tiff": "TIFF",
+        "e.bmp": "BMP",
+        "f.webp": "WEBP",
+    }
+    for name, fmt in formats.items():
+        picture.save(images / name, format=fmt)
+    picture.save(images / "g_no_suffix", format="PNG")  # an image by content, whatever its name
+    shape.unlink()
+    (images / "notes.txt").write_text("a text file\n")
+    full = (images / "a.jpg").read_bytes()
+    (images / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    out = tmp_path / "out"
+    proc = run_script(
+        "caption.py",
+        f"checkpoint={tiny_run.checkpoint}",
+        f"images={images}",
+        f"out={out}",
+        "figures=false",
+        "decode=greedy",
+        "decode.max_len=8",
+        cwd=tiny_run.cwd,
+    )
+    captioned = [*formats, "g_no_suffix"]
+    result = json.loads((out / "captions.json").read_text())
+    assert [c["file"] for c in result["captions"]] == captioned
+    assert [line.split(":", 1)[0] for line in result["failed"]] == ["notes.txt", "truncated.jpg"]
+    errors = proc.stderr.strip().splitlines()
+    assert [e.split(":")[1].strip() for e in errors] == ["notes.txt", "truncated.jpg"]
+    assert all("cannot read image" in e for e in errors)
+    printed = [line.split(":", 1)[0] for line in proc.stdout.strip().splitlines()[:-1]]
+    assert printed == captioned
+    assert proc.stdout.strip().splitlines()[-1].startswith("captioned 7, failed 2: notes.txt, truncated.jpg")
 
 
 def test_cli_folder_with_a_bad_image_captions_the_rest(tiny_run: TinyRun, tmp_path: Path):

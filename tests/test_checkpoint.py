@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from captioner.errors import CheckpointError
-from captioner.train import checkpoint as ckpt
+from captioner.runtime import checkpoint as ckpt
 
 SHARED_WEIGHTS = Path(__file__).resolve().parents[2] / "shared" / "weights" / "mobilenet_v2-b0353104.pth"
 

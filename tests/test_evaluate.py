@@ -1,4 +1,4 @@
-"""evaluate.py and captioner.inference on a tiny trained checkpoint: table, JSON files, MLflow, calibration, errors."""
+"""evaluate.py and captioner.evaluation on a tiny trained checkpoint: table, JSON files, MLflow, calibration, errors."""
 
 from __future__ import annotations
 
@@ -11,15 +11,15 @@ import torch
 from conftest import TinyRun, run_script
 
 from captioner.errors import CheckpointError, ConfigError
-from captioner.inference import (
-    calibrate_checkpoint,
+from captioner.evaluation.calibrate import calibrate_checkpoint
+from captioner.evaluation.checkpoint import (
     check_vocab,
     evaluate_checkpoint,
-    load_captioner,
     resolve_data_root,
     resolve_splits,
 )
 from captioner.metrics.text import meteor_unavailable
+from captioner.model.load import load_captioner
 
 TEXT_COLUMNS = ["bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d"]
 GROUNDING_COLUMNS = ["object_precision", "object_recall", "object_f1", "exact_scene", "pointing_accuracy"]

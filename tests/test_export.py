@@ -13,7 +13,7 @@ from captioner.data.transforms import build_eval_transform
 from captioner.decode import greedy
 from captioner.errors import DataError
 from captioner.export import export_program, load_exported, main
-from captioner.inference import load_captioner
+from captioner.model.load import load_captioner
 
 MAX_LEN = 10
 

@@ -53,7 +53,7 @@ def test_seed_settings_reach_the_config() -> None:
 def test_quality_experiment_composes_for_each_control(context: str) -> None:
     """`make bench-quality` trains experiment=quality three times, changing only decoder.context."""
     from captioner.data.vocab import Vocab
-    from captioner.train.setup import build_model
+    from captioner.model.build import build_model
 
     cfg = _compose("experiment=quality", f"decoder.context={context}", "encoder.pretrained=false")
     assert cfg.encoder.layer == "features.13" and cfg.decoder.attend_word and cfg.decoder.coverage

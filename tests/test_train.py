@@ -17,7 +17,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from captioner.data.records import MANIFEST
+from captioner.data.records import MANIFEST, read_annotations
 
 REPO = Path(__file__).resolve().parents[1]
 # One thread per process: the test machine's cores are shared, and threads only add contention here.
@@ -110,6 +110,7 @@ def trained_run(shapes_data: Path, tmp_path_factory: pytest.TempPathFactory) -> 
     run_dir = tmp_path_factory.mktemp("trained") / "run"
     proc = run_train(shapes_data, run_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (run_dir.parent / "stdout.txt").write_text(proc.stdout)
     return run_dir
 
 
@@ -125,6 +126,17 @@ def test_run_writes_checkpoints_config_and_metrics(trained_run: Path) -> None:
     assert {"bleu4", "meteor", "cider_d", "object_f1"} <= set(metrics["test"])
     config = json.loads((trained_run / "config.json").read_text())
     assert config["trainer"]["epochs"] == 2 and config["encoder"]["arch"] == "shufflenet_v2_x0_5"
+
+
+def test_run_prints_generated_captions_next_to_a_reference(trained_run: Path, shapes_data: Path) -> None:
+    stdout = (trained_run.parent / "stdout.txt").read_text()
+    samples = [line for line in stdout.splitlines() if line.startswith("shapes_test_")]
+    assert len(samples) == 3
+    records = {r.id: r for r in read_annotations(shapes_data / "shapes_smoke")}
+    for line in samples:
+        image_id, rest = line.split("  gen: ")
+        generated, reference = rest.split("  | ref: ")
+        assert generated.strip() and reference == " ".join(records[image_id].tokens[0])
 
 
 @pytest.mark.parametrize(

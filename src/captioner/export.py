@@ -76,7 +76,7 @@ class Exported:
 
 def export_program(checkpoint: str | Path, out: str | Path, max_len: int = 30) -> Path:
     """Export the checkpoint's greedy captioner (CPU, dynamic batch) with torch.export and save it to ``out``."""
-    from captioner.inference import load_captioner
+    from captioner.model.load import load_captioner
 
     loaded = load_captioner(checkpoint, "cpu")
     module = GreedyCaptioner(loaded.model, max_len).eval()

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from captioner.data.dataset import CaptionDataset, ImageDataset, collate_captions, collate_images
 from captioner.data.features import FeatureReader
@@ -48,7 +48,7 @@ def build_loaders(
 
     ``augment`` holds :func:`build_train_transform`'s keyword arguments. With ``features`` (cached
     frozen-encoder annotations) no image is read and augmentation must be off. Eval loaders cover
-    ``eval_splits`` (default: every split but train), are not sharded and keep dataset order; the
+    ``eval_splits`` (default: every split but train) in dataset order, sharded under DDP; the
     train sampler is ``train_loader.batch_sampler`` (call ``set_epoch``; save its state to resume).
     """
     augment = dict(augment or {})
@@ -91,15 +91,40 @@ def build_loaders(
 
     if eval_splits is None:
         eval_splits = sorted({r.split for r in read_annotations(root)} - {"train"})
-    eval_transform = build_eval_transform(image_size)
     eval_loaders = {
-        split: DataLoader(
-            ImageDataset(root, split, eval_transform, features),
-            batch_size=eval_batch_size or batch_size,
-            shuffle=False,
-            collate_fn=collate_images,
-            **common,
+        split: build_eval_loader(
+            root, split, image_size, eval_batch_size or batch_size, features, num_workers, distributed
         )
         for split in eval_splits
     }
     return train_loader, eval_loaders
+
+
+def build_eval_loader(
+    root: str | Path,
+    split: str,
+    image_size: int,
+    batch_size: int,
+    features: FeatureReader | None = None,
+    num_workers: int = 0,
+    distributed: tuple[int, int] = (1, 0),
+) -> DataLoader:
+    """Images (or cached features) of one split in dataset order, for decoding and scoring.
+
+    Under DDP (``distributed=(num_replicas, rank)``) rank r takes images r, r + n, r + 2n, ...: every
+    image is decoded by exactly one rank. torch's DistributedSampler would pad the last shard with
+    repeats, which would decode those images twice.
+    """
+    num_replicas, rank = distributed
+    dataset = ImageDataset(root, split, build_eval_transform(image_size), features)
+    if num_replicas > 1:
+        dataset = Subset(dataset, range(rank, len(dataset), num_replicas))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        collate_fn=collate_images,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+    )

@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from captioner.errors import DataError
+from captioner.runtime.files import write_atomic, write_json_atomic  # noqa: F401 - the data writers' API
 
 SPLITS = ("train", "val", "test")
 MANIFEST, ANNOTATIONS, VOCAB = "manifest.json", "annotations.json", "vocab.json"
@@ -49,27 +48,6 @@ class ImageRecord:
     @classmethod
     def from_json(cls, obj: dict) -> ImageRecord:
         return cls(**obj)
-
-
-def write_atomic(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json_atomic(path: str | Path, obj: Any, indent: int | None = None) -> None:
-    """Atomically write ``obj`` as JSON."""
-    write_atomic(path, json.dumps(obj, indent=indent).encode())
 
 
 def read_json(path: str | Path, what: str = "file") -> Any:

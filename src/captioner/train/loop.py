@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,24 +19,30 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from captioner.data.records import ImageRecord, read_annotations, write_json_atomic
+from captioner.data.pipeline import build_data, ensure_prepared
+from captioner.data.records import ImageRecord, read_annotations
 from captioner.data.vocab import Vocab
 from captioner.errors import CaptionerError, CheckpointError, ConfigError
 from captioner.evaluation import TEST_METRICS, SplitResult, evaluate_split
+from captioner.evaluation.report import sample_lines
+from captioner.model.build import build_model, update_finetune
 from captioner.progress import log_line
 from captioner.progress import progress as progress_bar
-from captioner.train import checkpoint as ckpt
-from captioner.train.distributed import all_reduce_mean, broadcast_object, cleanup, init_distributed
-from captioner.train.setup import (
-    autocast_context,
-    build_data,
-    build_model,
-    ensure_prepared,
-    resolve_device,
-    resolve_precision,
-    update_finetune,
-    validate_config,
+from captioner.runtime import checkpoint as ckpt
+from captioner.runtime.device import autocast_context, resolve_device, resolve_precision
+from captioner.runtime.distributed import (
+    all_reduce_mean,
+    broadcast_object,
+    cleanup,
+    init_distributed,
+    rank_device,
 )
+from captioner.runtime.files import write_json_atomic
+from captioner.train.validate import validate_config
+
+# Called after each validation with (metric, epoch); the entry point passes the sweep's pruning
+# report here, so the loop never imports the sweeper. It may raise to stop the run (optuna.TrialPruned).
+ValidationCallback = Callable[[float, int], None]
 
 
 class TrainingError(CaptionerError):
@@ -61,7 +68,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
+def train(
+    cfg: DictConfig, run_dir: str | Path, on_validation: ValidationCallback | None = None
+) -> dict[str, Any]:
     """Train with the composed config; returns the final metrics (also written to ``metrics.json``)."""
     from captioner.model.loss import caption_loss
     from captioner.tracking import build_tracker
@@ -74,8 +83,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
         torch.set_num_threads(t.threads)
     device = resolve_device(t.device)
     dist_info = init_distributed(device.type)
-    if dist_info.enabled and device.type == "cuda":
-        device = torch.device("cuda", dist_info.local_rank)
+    device = rank_device(device, dist_info)
     precision = resolve_precision(t.precision, device)
     run_dir = Path(run_dir)
 
@@ -236,7 +244,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
                     progress.bad_validations += 1
                 stop = t.early_stop.patience > 0 and progress.bad_validations >= t.early_stop.patience
                 tracker.log_metrics({f"val.{k}": v for k, v in result.metrics.items()}, step=progress.step)
-                _report_to_sweep(metric, progress.epoch)
+                if on_validation is not None:
+                    on_validation(metric, progress.epoch)
                 shown = {
                     k: result.metrics[k] for k in ("bleu4", "cider_d", "object_f1") if k in result.metrics
                 }
@@ -278,19 +287,6 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict[str, Any]:
     finally:
         tracker.finish(status)
         cleanup(dist_info)
-
-
-def _report_to_sweep(metric: float, epoch: int) -> None:
-    """Under our Optuna sweeper, report the validation metric so a pruner can stop a poor trial."""
-    from hydra_plugins.captioner_optuna_sweeper import sweep_trial
-
-    trial = sweep_trial()
-    if trial is not None:
-        import optuna
-
-        trial.report(metric, epoch)
-        if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch} ({metric:.4g})")
 
 
 def _has_ground_truth(records: dict[str, ImageRecord]) -> bool:
@@ -383,9 +379,11 @@ def _final_evaluation(
             )
             tracker.log_artifact(path, "figures")
         first = sorted(shown.alphas)[0]
-        log_line(f"caption for test image {first}: {' '.join(shown.captions[first])}")
         if (figures / f"{first}.png").exists():
             log_line(f"attention figure: {figures / (first + '.png')}")
+    if shown is not None:  # a few captions next to a reference: is the model right, not just scored?
+        for line in sample_lines(shown, records):
+            log_line(line)
     for split, m in final.items():
         log_line(f"{split}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()))
     log_line(f"checkpoints and metrics in {run_dir}")

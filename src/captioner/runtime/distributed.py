@@ -42,12 +42,28 @@ def init_distributed(device: str) -> DistInfo:
     return info
 
 
+def rank_device(device: torch.device, info: DistInfo) -> torch.device:
+    """This rank's device: under DDP on CUDA, the GPU of its local rank."""
+    if info.enabled and device.type == "cuda":
+        return torch.device("cuda", info.local_rank)
+    return device
+
+
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """Every rank's ``obj`` on every rank (a list of one element when not distributed)."""
     if not info.enabled:
         return [obj]
     out: list[Any] = [None] * info.world_size
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_to_main(obj: Any, info: DistInfo) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0, in rank order; None on the other ranks."""
+    if not info.enabled:
+        return [obj]
+    out: list[Any] | None = [None] * info.world_size if info.is_main else None
+    dist.gather_object(obj, out, dst=0)
     return out
 
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from captioner.data.records import write_atomic
 from captioner.errors import CheckpointError
+from captioner.runtime.files import write_atomic
 
 FORMAT = "captioner/1"
 

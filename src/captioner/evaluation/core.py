@@ -1,4 +1,8 @@
-"""Decode a split and score it: text metrics for every dataset, grounding metrics for shapes."""
+"""Decode a split and score it: text metrics for every dataset, grounding metrics for shapes.
+
+The one evaluation path: the training loop (validation and the final test evaluation) and
+evaluate.py both call :func:`evaluate_split` on loaders from ``captioner.data.loaders.build_eval_loader``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import torch
 from captioner.data.records import ImageRecord
 from captioner.data.vocab import Vocab
 from captioner.progress import progress as progress_bar
-from captioner.train.distributed import SINGLE, DistInfo, gather_objects
+from captioner.runtime.distributed import SINGLE, DistInfo, gather_to_main
 
 # Validation runs every epoch: METEOR (a Java process) is kept for the final test evaluation.
 VALIDATION_METRICS = ("bleu", "rouge_l", "cider_d")
@@ -22,7 +26,7 @@ TEST_METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
 
 @dataclass
 class SplitResult:
-    """Predictions and scores of one split (scores only on rank 0)."""
+    """Predictions and scores of one split (under DDP: scores and every rank's captions on rank 0 only)."""
 
     metrics: dict[str, float]
     captions: dict[str, list[str]]  # image id -> best caption words
@@ -48,7 +52,8 @@ def evaluate_split(
     """Decode every image of ``loader`` with ``decode_cfg`` and score against all references.
 
     Grounding metrics are added when the records carry shapes ground truth (``meta["objects"]``).
-    Under DDP each rank decodes its shard and rank 0 scores the gathered captions. With ``desc``, a
+    Under DDP each rank decodes its shard of the loader; the shards are gathered once, to rank 0,
+    which scores them (other ranks return their own shard and no scores). With ``desc``, a
     progress line (bar on a terminal) names the work and its ETA.
     """
     from captioner.decode import decode, hypotheses_to_words
@@ -74,11 +79,11 @@ def evaluate_split(
             if keep_alphas is None or len(alphas) < keep_alphas:
                 n = len(words[i])
                 alphas[image_id] = hyp.alphas[i, 0, :n].float().cpu().numpy()
-    parts = gather_objects((captions, alphas), dist_info)
-    captions = {k: v for c, _ in parts for k, v in c.items()}
-    alphas = {k: v for _, a in parts for k, v in a.items()}
+    parts = gather_to_main((captions, alphas), dist_info)
     scores: dict[str, float] = {}
-    if dist_info.is_main:
+    if parts is not None:  # rank 0
+        captions = {k: v for c, _ in parts for k, v in c.items()}
+        alphas = {k: v for _, a in parts for k, v in a.items()}
         ids = sorted(captions)
         scores = score_captions([captions[i] for i in ids], [records[i].tokens for i in ids], metrics)
         if all("objects" in records[i].meta for i in ids):

@@ -1,0 +1,47 @@
+"""Fail at start, in one line, on a config value that would otherwise fail after data or weights load."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from captioner.decode import DecodeConfig
+from captioner.errors import ConfigError
+from captioner.model.build import plain
+from captioner.model.captioner import Captioner
+from captioner.model.decoder import Decoder
+from captioner.model.encoder import ARCHS, ensure_weights
+from captioner.progress import log_line
+from captioner.train.optim import build_optimizer, build_scheduler
+from captioner.train.teacher_forcing import build_schedule
+
+
+def validate_config(cfg: DictConfig) -> None:
+    """Build every cheap object the config describes, so a bad value fails before data or weights load."""
+    t = cfg.trainer
+    for key, value, valid in [
+        ("trainer.grad_clip", t.grad_clip, ("none", "norm", "value")),
+        ("trainer.att_reduction", t.att_reduction, ("sum", "mean")),
+        ("trainer.early_stop.mode", t.early_stop.mode, ("max", "min")),
+        ("encoder.arch", cfg.encoder.arch, ARCHS),
+    ]:
+        if value not in valid:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(valid)}")
+    for key in ("epochs", "accumulate", "val_every", "log_every", "encode_batch_size"):
+        if t[key] < 1:
+            raise ConfigError(f"trainer.{key}={t[key]} must be >= 1")
+    if not 0.0 <= cfg.smoothing.value < 1.0:
+        raise ConfigError(f"smoothing.value={cfg.smoothing.value} must be in [0, 1)")
+    DecodeConfig(**plain(cfg.decode))
+    build_schedule(**plain(cfg.tf))
+    decoder_kwargs = {**plain(cfg.decoder), "pretrained_embeddings": None}
+    probe = Captioner(None, Decoder(vocab_size=8, encoder_dim=8, **decoder_kwargs))
+    optimizer = build_optimizer(probe, **plain(cfg.optimizer))
+    build_scheduler(optimizer, total_steps=10, steps_per_epoch=5, **plain(cfg.scheduler))
+    if cfg.encoder.pretrained:
+        ensure_weights(cfg.encoder.arch)  # before data generation: an offline machine learns in seconds
+    elif not cfg.encoder.finetune:
+        log_line(
+            f"warning: encoder.pretrained=false with a frozen encoder: the decoder trains on features of a "
+            f"random {cfg.encoder.arch}, so captions will barely depend on the image; set "
+            "encoder.finetune=true to train the encoder too, or use ImageNet weights (encoder=mobilenet_v2)"
+        )
