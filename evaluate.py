@@ -42,7 +42,7 @@ def evaluate(cfg: DictConfig) -> dict:
     """Evaluate (or calibrate) the checkpoint as ``cfg`` says; returns {split: metrics}."""
     from captioner import inference
     from captioner.decode import DecodeConfig
-    from captioner.tracking import build_tracker
+    from captioner.tracking import build_tracker, spooled_run_id
     from captioner.train.setup import resolve_device
 
     decode_cfg = OmegaConf.to_container(cfg.decode, resolve=True)
@@ -66,11 +66,12 @@ def evaluate(cfg: DictConfig) -> dict:
     print(inference.metrics_table(metrics))
     written = inference.write_results(out, results)
 
+    trained = loaded.run_id or spooled_run_id(loaded.path.parent)
     tracker = build_tracker(
         enabled=cfg.logger.enabled,
         tracking_uri=cfg.logger.tracking_uri,
         experiment=cfg.logger.experiment or loaded.config["logger"]["experiment"],
-        run_name=cfg.logger.run_name,
+        run_name=cfg.logger.run_name or f"eval-{cfg.split}-{decode_cfg['method']}",
         params={
             "checkpoint": str(loaded.path),
             "data_root": str(root),
@@ -79,9 +80,11 @@ def evaluate(cfg: DictConfig) -> dict:
         },
         tags={
             "evaluation": "true",
-            **({"trained_run_id": loaded.run_id} if loaded.run_id else {}),
+            # nested under the training run in the MLflow UI (same experiment unless overridden)
+            **({"trained_run_id": trained, "mlflow.parentRunId": trained} if trained else {}),
             **(cfg.logger.tags or {}),
         },
+        run_dir=out,
     )
     tracker.log_metrics({f"{s}.{k}": v for s, m in metrics.items() for k, v in m.items()}, step=0)
     for path in written:
