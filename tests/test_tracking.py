@@ -249,3 +249,32 @@ def test_two_processes_on_a_fresh_sqlite_store_both_succeed(tmp_path: Path) -> N
         for w in workers:
             w.kill()
             w.wait()
+
+
+@pytest.mark.slow  # a fresh MLflow SQLite store runs its migrations (seconds)
+def test_sweep_trials_are_children_of_one_parent_named_by_group_and_scale(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from captioner.tracking import provenance
+
+    choices = {"sweep": "teacher_forcing", "scale": "cpu", "version": "v42"}
+    monkeypatch.setattr(provenance, "collect", lambda: Provenance(commit="025df5096d3c", choices=choices))
+    monkeypatch.setenv(tracker.SWEEP_STUDY_ENV, "train-923d0b3c")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for trial in (0, 1):
+        monkeypatch.setenv(tracker.SWEEP_TRIAL_ENV, str(trial))
+        params = {"trainer": {"seed": trial}}
+        build_tracker(
+            True, uri, "sweep-teacher_forcing-cpu", None, params, run_dir=tmp_path / str(trial)
+        ).finish()
+    client = MlflowClient(tracking_uri=uri)
+    runs = client.search_runs([client.get_experiment_by_name("sweep-teacher_forcing-cpu").experiment_id])
+    (parent,) = [r for r in runs if "sweep.parent" in r.data.tags]
+    assert parent.info.run_name == "teacher_forcing-cpu"
+    assert parent.data.tags["sweep.group"] == "teacher_forcing" and parent.data.tags["sweep.scale"] == "cpu"
+    children = sorted((r for r in runs if r is not parent), key=lambda r: r.info.run_name)
+    assert [r.info.run_name for r in children] == ["v42-s0-025df50", "v42-s1-025df50"]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    assert [r.data.tags["sweep.trial"] for r in children] == ["0", "1"]
