@@ -176,6 +176,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     assert load_state(run / "last.pt")["progress"]["epoch"] == 2
 
 
+@pytest.mark.slow  # a training that waits FINISH_GRACE_S for the dead server at its end
 def test_unreachable_tracking_server_does_not_stop_training(shapes_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = run_train(shapes_data, run, "logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9")
