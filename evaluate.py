@@ -71,7 +71,7 @@ def _evaluate(cfg: DictConfig, decode_cfg: dict, device: "torch.device", dist_in
     )
     from captioner.evaluation.report import metrics_table, write_results
     from captioner.model.load import load_captioner
-    from captioner.tracking import build_tracker
+    from captioner.tracking import build_tracker, spooled_run_id
 
     loaded = load_captioner(cfg.checkpoint, device)
     root = resolve_data_root(loaded, cfg.data_root, dist_info)
@@ -95,11 +95,12 @@ def _evaluate(cfg: DictConfig, decode_cfg: dict, device: "torch.device", dist_in
     print(metrics_table(metrics))
     written = write_results(out, results)
 
+    trained = loaded.run_id or spooled_run_id(loaded.path.parent)
     tracker = build_tracker(
         enabled=cfg.logger.enabled,
         tracking_uri=cfg.logger.tracking_uri,
         experiment=cfg.logger.experiment or loaded.config["logger"]["experiment"],
-        run_name=cfg.logger.run_name,
+        run_name=cfg.logger.run_name or f"eval-{cfg.split}-{decode_cfg['method']}",
         params={
             "checkpoint": str(loaded.path),
             "data_root": str(root),
@@ -108,9 +109,11 @@ def _evaluate(cfg: DictConfig, decode_cfg: dict, device: "torch.device", dist_in
         },
         tags={
             "evaluation": "true",
-            **({"trained_run_id": loaded.run_id} if loaded.run_id else {}),
+            # nested under the training run in the MLflow UI (same experiment unless overridden)
+            **({"trained_run_id": trained, "mlflow.parentRunId": trained} if trained else {}),
             **(cfg.logger.tags or {}),
         },
+        run_dir=out,
     )
     tracker.log_metrics({f"{s}.{k}": v for s, m in metrics.items() for k, v in m.items()}, step=0)
     for path in written:

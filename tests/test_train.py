@@ -188,8 +188,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
     assert load_state(run / "last.pt")["progress"]["epoch"] == 2
 
 
-def test_unreachable_tracking_server_fails_before_any_run_output(shapes_data: Path, tmp_path: Path) -> None:
+@pytest.mark.slow  # a training that waits FINISH_GRACE_S for the dead server at its end
+def test_unreachable_tracking_server_does_not_stop_training(shapes_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     proc = run_train(shapes_data, run, "logger=mlflow", "logger.tracking_uri=http://127.0.0.1:9")
-    assert_user_error(proc, "http://127.0.0.1:9", "logger=none")
-    assert not any((run / name).exists() for name in ("last.pt", "best.pt", "config.json", "metrics.json"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert all((run / name).is_file() for name in ("last.pt", "best.pt", "config.json", "metrics.json"))
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning: MLflow")]
+    assert len(warnings) == 2, warnings  # the outage, then where the records are and how to send them
+    assert "http://127.0.0.1:9 failed (connection refused)" in warnings[0]
+    assert warnings[1].endswith(f"python -m captioner.tracking sync {run}")
+    assert "Traceback" not in proc.stderr

@@ -140,6 +140,8 @@ def train(
         params=resolved,
         tags=dict(cfg.logger.tags or {}),
         run_id=progress.run_id,
+        run_dir=run_dir,
+        resume=state is not None,
     )
     progress.run_id = tracker.run_id
     if dist_info.is_main:
@@ -244,6 +246,9 @@ def train(
                     progress.bad_validations += 1
                 stop = t.early_stop.patience > 0 and progress.bad_validations >= t.early_stop.patience
                 tracker.log_metrics({f"val.{k}": v for k, v in result.metrics.items()}, step=progress.step)
+                if improved:  # the best validation as numbers the MLflow UI can sort and compare
+                    best = {f"best.{k}": v for k, v in result.metrics.items()}
+                    tracker.log_metrics({**best, "best.epoch": progress.epoch}, step=progress.step)
                 if on_validation is not None:
                     on_validation(metric, progress.epoch)
                 shown = {
