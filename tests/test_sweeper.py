@@ -33,24 +33,26 @@ APP = Path(__file__).parent / "sweeper_app"
 GRID = "hydra/sweeper/sampler=grid"
 
 
-def sweep_cmd(tmp_path: Path, *overrides: str) -> list[str]:
-    """The command line of a multirun of the tiny app with its study in tmp_path/optuna.db."""
+def sweep_cmd(tmp_path: Path, *overrides: str, storage: str | None = None) -> list[str]:
+    """The command line of a multirun of the tiny app with its study in `storage` (tmp_path/optuna.db)."""
+    storage = storage or f"sqlite:///{tmp_path}/optuna.db"
     return [
         sys.executable,
         str(APP / "my_app.py"),
         "-m",
         f"hydra.sweep.dir={tmp_path}/multirun",
-        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        # Quoted: a password may hold a comma, which Hydra would read as a sweep over two values.
+        f"hydra.sweeper.storage='{storage}'",
         *overrides,
     ]
 
 
 def run_sweep(
-    tmp_path: Path, *overrides: str, env: dict[str, str] | None = None
+    tmp_path: Path, *overrides: str, env: dict[str, str] | None = None, storage: str | None = None
 ) -> subprocess.CompletedProcess:
     """Run a sweep to its end (or its death) and return the finished process."""
     return subprocess.run(
-        sweep_cmd(tmp_path, *overrides),
+        sweep_cmd(tmp_path, *overrides, storage=storage),
         cwd=tmp_path,
         env={**os.environ, **(env or {})},
         capture_output=True,
@@ -59,9 +61,9 @@ def run_sweep(
     )
 
 
-def load(tmp_path: Path) -> optuna.Study:
-    """The single study the sweeps in tmp_path wrote."""
-    storage = f"sqlite:///{tmp_path}/optuna.db"
+def load(tmp_path: Path, storage: str | None = None) -> optuna.Study:
+    """The single study the sweeps in tmp_path (or on `storage`) wrote."""
+    storage = storage or f"sqlite:///{tmp_path}/optuna.db"
     (summary,) = optuna.get_all_study_summaries(storage)
     return optuna.load_study(study_name=summary.study_name, storage=storage)
 
@@ -147,9 +149,14 @@ def test_a_run_with_no_trial_completed_exits_1_and_says_why(tmp_path: Path) -> N
     assert "1x task returned None" in log
 
 
-def start_workers(tmp_path: Path, n: int, *overrides: str, wrap=lambda i, cmd: cmd, env=None) -> list:
-    """Start `n` sweep workers on one study; each trial waits until all `n` workers run one."""
-    cmd = sweep_cmd(tmp_path, *overrides)
+def start_workers(
+    tmp_path: Path, n: int, *overrides: str, wrap=lambda i, cmd: cmd, env=None, storage: str | None = None
+) -> list:
+    """Start `n` sweep workers on one study; each trial waits until all `n` workers run one.
+
+    `env`: extra environment variables per worker index; `wrap(i, cmd)`: worker i's command line.
+    """
+    cmd = sweep_cmd(tmp_path, *overrides, storage=storage)
     barrier = {"SWEEPER_APP_BARRIER": f"{tmp_path}/barrier:{n}"}
     return [
         subprocess.Popen(
