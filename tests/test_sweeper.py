@@ -288,3 +288,37 @@ def test_trial_of_a_silent_worker_is_failed_after_the_grace_period(tmp_path: Pat
         fail_dead_trials(study, "me", None)
     assert time.monotonic() - stopped > 1.0  # not before the grace period
     assert "sent no heartbeat for over 2 s" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_a_result_after_the_trial_was_failed_is_logged_once(tmp_path: Path, caplog) -> None:
+    # A worker silent past the grace period (suspended, cut off) ends its trial after another
+    # worker failed it: one warning, no "trial N COMPLETE" line for a result Optuna did not take.
+    from hydra.core.utils import JobReturn, JobStatus
+
+    from hydra_plugins.captioner_optuna_sweeper._impl import OptunaSweeperImpl, mark_interrupted
+
+    sweeper = OptunaSweeperImpl(
+        sampler={"_target_": "optuna.samplers.RandomSampler"},
+        direction="minimize",
+        study_name=None,
+        storage=None,
+        n_trials=1,
+        n_jobs=1,
+        params=None,
+        custom_search_space=None,
+        pruner=None,
+        heartbeat_interval=None,
+        resume_override=None,
+    )
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path}/optuna.db"))
+    trial = study.ask()
+    trial.suggest_int("x", 0, 3)
+    assert mark_interrupted(study, trial._trial_id, trial.number, "worker w sent no heartbeat for over 60 s")
+    ret = JobReturn(status=JobStatus.COMPLETED, _return_value=1.0)
+    caplog.clear()
+    with caplog.at_level("INFO", logger="hydra_plugins.captioner_optuna_sweeper._impl"):
+        sweeper._tell(study, trial, ret)
+    (line,) = caplog.messages
+    assert line.startswith("trial 0 ended COMPLETE value=1.0 [x=")
+    assert "already FAIL (worker w sent no heartbeat for over 60 s); result not recorded" in line
+    assert study.trials[0].state == TrialState.FAIL

@@ -72,6 +72,19 @@ def test_password_is_never_printed_nor_saved(tmp_path: Path, postgres_db: str) -
     assert "optuna:***@" in (tmp_path / "multirun" / "0" / ".hydra" / "hydra.yaml").read_text()
 
 
+def test_password_from_the_environment_stays_an_interpolation(tmp_path: Path, postgres_db: str) -> None:
+    # What docs/sweeps.md recommends: the saved configs hold ${oc.env:...}, never the secret.
+    url = postgres_db.replace(PASSWORD, "${oc.env:CAPTIONER_DB_PASSWORD}")
+    proc = run_sweep(
+        tmp_path, GRID, "hydra.sweeper.n_trials=1", env={"CAPTIONER_DB_PASSWORD": PASSWORD}, storage=url
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert len(by_state(load(tmp_path, postgres_db), TrialState.COMPLETE)) == 1
+    assert PASSWORD not in proc.stdout + proc.stderr
+    for path in tmp_path.rglob("*.yaml"):
+        assert PASSWORD not in path.read_text(), path
+
+
 def test_wrong_password_is_one_line_after_one_try(
     tmp_path: Path, postgres: Postgres, postgres_db: str
 ) -> None:

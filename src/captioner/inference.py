@@ -8,6 +8,7 @@ with ``pretrained=false`` because its weights come from the checkpoint, not from
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,7 +324,8 @@ def read_image(path: Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # PIL raises UnidentifiedImageError (an OSError) for non-images, OSError for truncated data.
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path.name}: cannot read image ({reason[:120]}); skipped") from None
+        reason = textwrap.shorten(reason, 120, placeholder=" ...")  # at a word boundary, not mid-word
+        raise DataError(f"{path.name}: cannot read image ({reason}); skipped") from None
 
 
 @torch.inference_mode()

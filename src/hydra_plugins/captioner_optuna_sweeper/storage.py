@@ -100,7 +100,7 @@ def retry(action: Callable[[], T], url: str, what: str) -> T:
     """Run `action` on the storage at `url`: transient errors are retried for RETRY_S seconds,
     permanent ones (and the last transient one) raise a one-line ConfigError."""
     deadline = time.monotonic() + RETRY_S
-    delay, warned = 0.25, False
+    delay, failures = 0.25, 0
     while True:
         try:
             return action()
@@ -118,9 +118,9 @@ def retry(action: Callable[[], T], url: str, what: str) -> T:
                         url,
                     )
                 ) from None
-            if not warned:
+            failures += 1
+            if failures == 2:  # one failure is usually a benign race with a worker started alongside
                 log.warning(scrub(f"{shown}: {first_line(err)}; retrying for up to {RETRY_S:.0f} s", url))
-                warned = True
             time.sleep(delay * random.uniform(0.5, 1.5))  # jitter: workers started together spread out
             delay = min(2 * delay, 4.0)
 
