@@ -322,3 +322,49 @@ def test_a_result_after_the_trial_was_failed_is_logged_once(tmp_path: Path, capl
     assert line.startswith("trial 0 ended COMPLETE value=1.0 [x=")
     assert "already FAIL (worker w sent no heartbeat for over 60 s); result not recorded" in line
     assert study.trials[0].state == TrialState.FAIL
+
+
+@pytest.mark.slow  # a real tiny training, killed after its first epoch and resumed (~1 min)
+def test_killed_training_trial_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
+    import torch
+
+    repo = APP.parents[1]
+    cmd = [
+        sys.executable,
+        str(repo / "train.py"),
+        "-m",
+        "sweep=teacher_forcing",
+        "scale=smoke",
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+        f"paths.data_dir={tmp_path}/data",
+        f"paths.output_dir={tmp_path}/runs",
+        "logger=none",
+        "trainer.epochs=3",
+        "trainer.threads=1",
+        "encoder.pretrained=false",
+        "data.prepare.n_train=40",
+        "data.prepare.n_val=8",
+        "data.prepare.n_test=8",
+        "data.prepare.n_test_novel=8",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    first = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = tmp_path / "multirun" / "0" / "last.pt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and first.poll() is None:  # written atomically at the end of epoch 1
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert torch.load(last, weights_only=True)["progress"]["epoch"] < 3, "trained to the end before the kill"
+
+    resumed = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert f"trial 1 resumes {tmp_path / 'multirun' / '0'}" in resumed.stdout + resumed.stderr
+    study = load(tmp_path)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert torch.load(last, weights_only=True)["progress"]["epoch"] == 3  # finished in the old folder
+    assert (tmp_path / "multirun" / "0" / "metrics.json").exists()
+    assert not (tmp_path / "multirun" / "1" / "last.pt").exists()
