@@ -138,6 +138,26 @@ def test_killed_sweep_resumes_without_repeating(tmp_path: Path) -> None:
         assert (tmp_path / "multirun" / str(number) / "resume.txt").read_text() == "None"
 
 
+def test_interrupted_sweep_frees_its_point_at_once(tmp_path: Path) -> None:
+    # Ctrl-C mid-trial: the trial is failed on the way out (no waiting for a heartbeat to go stale)
+    # and the next run resumes its folder.
+    fixed = (GRID, "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=s")  # sleep is not a study key
+    cmd = sweep_cmd(tmp_path, *fixed, "sleep=60")
+    sweep = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "multirun" / "0" / "last.pt").exists():  # the trial has started
+        assert time.monotonic() < deadline and sweep.poll() is None
+        time.sleep(0.05)
+    sweep.send_signal(signal.SIGINT)
+    sweep.communicate(timeout=120)
+    (trial,) = load(tmp_path).trials
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "interrupted (KeyboardInterrupt)"
+    rerun = run_sweep(tmp_path, *fixed)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert (tmp_path / "multirun" / "1" / "resume.txt").read_text() == str(tmp_path / "multirun" / "0")
+
+
 def test_a_run_with_no_trial_completed_exits_1_and_says_why(tmp_path: Path) -> None:
     proc = run_sweep(
         tmp_path, GRID, "hydra.sweeper.n_trials=2", env={"SWEEPER_APP_FAIL": "0", "SWEEPER_APP_NONE": "1"}

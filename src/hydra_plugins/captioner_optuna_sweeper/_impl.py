@@ -22,7 +22,7 @@ import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -212,8 +212,11 @@ def fail_dead_trials(study: optuna.Study, me: str, locks: Path | None) -> None:
 
 
 @contextmanager
-def heartbeat(study: optuna.Study, trial_ids: Sequence[int], interval: int | None) -> Iterator[None]:
-    """Record Optuna heartbeats for `trial_ids` every `interval` s while the block runs."""
+def heartbeat(study: optuna.Study, trial_ids: Collection[int], interval: int | None) -> Iterator[None]:
+    """Record Optuna heartbeats for `trial_ids` every `interval` s while the block runs.
+
+    `trial_ids` may change meanwhile (the sweeper adds a trial when it asks it, drops it when told).
+    """
     storage = study._storage
     if not interval:
         yield
@@ -222,7 +225,7 @@ def heartbeat(study: optuna.Study, trial_ids: Sequence[int], interval: int | Non
 
     def beat() -> None:
         while True:
-            for trial_id in trial_ids:
+            for trial_id in list(trial_ids):
                 try:
                     storage.record_heartbeat(trial_id)
                 except Exception as err:  # a busy database must not kill the sweep
@@ -367,6 +370,7 @@ class OptunaSweeperImpl:
         # Random, not host:pid: pids repeat across containers that share a hostname.
         self.worker = uuid.uuid4().hex[:12]
         self.job_overrides: list[str] = []
+        self.held: set[int] = set()  # ids of this worker's RUNNING trials (heartbeats)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         """Keep the storage password out of the jobs' configs, then create the launcher."""
@@ -435,6 +439,7 @@ class OptunaSweeperImpl:
         if is_heartbeat_enabled(study._storage):
             # A trial without any heartbeat is never stale: beat once now, in case we die before launch.
             study._storage.record_heartbeat(trial._trial_id)
+        self.held.add(trial._trial_id)
         study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, self.worker)
         if grid is not None:
             point = grid.claim(study, trial._trial_id)
@@ -458,7 +463,9 @@ class OptunaSweeperImpl:
         locks = lock_folder(self.storage_url)
         lock = WorkerLock(locks, self.worker) if locks is not None else None
         try:
-            launched = self._sweep(study, grid, space, fixed, n_trials, locks)
+            # From ask to tell, so a trial is never without beats while its job is being prepared.
+            with heartbeat(study, self.held, self.heartbeat_interval):
+                launched = self._sweep(study, grid, space, fixed, n_trials, locks)
         finally:
             if lock is not None:
                 lock.release()
@@ -536,6 +543,7 @@ class OptunaSweeperImpl:
             if not trial.params and self.is_grid:
                 study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", GRID_EXHAUSTED)
                 study.tell(trial, state=TrialState.FAIL)
+                self.held.discard(trial._trial_id)
                 log.info(f"trial {trial.number} FAIL {GRID_EXHAUSTED}")
                 continue
             overlap = set(trial.params) & set(fixed)
@@ -562,30 +570,28 @@ class OptunaSweeperImpl:
             jobs.append(job)
             runnable.append(trial)
         returns: list[JobReturn] = []
-        with heartbeat(study, [t._trial_id for t in runnable], self.heartbeat_interval):
-            try:
-                # Job folders are numbered by trial, so workers sharing a sweep dir never collide.
-                i = 0
-                while i < len(runnable):
-                    j = i + 1
-                    while j < len(runnable) and runnable[j].number == runnable[j - 1].number + 1:
-                        j += 1
-                    returns += self.launcher.launch(jobs[i:j], initial_job_idx=runnable[i].number)
-                    i = j
-            except BaseException as err:  # Ctrl-C, a task's sys.exit: free the points for a resumed rerun
-                for trial, ret in zip(runnable, returns):
-                    self._tell(study, trial, ret)
-                for trial in runnable[len(returns) :]:
-                    mark_interrupted(
-                        study, trial._trial_id, trial.number, f"interrupted ({type(err).__name__})"
-                    )
-                raise
+        try:
+            # Job folders are numbered by trial, so workers sharing a sweep dir never collide.
+            i = 0
+            while i < len(runnable):
+                j = i + 1
+                while j < len(runnable) and runnable[j].number == runnable[j - 1].number + 1:
+                    j += 1
+                returns += self.launcher.launch(jobs[i:j], initial_job_idx=runnable[i].number)
+                i = j
+        except BaseException as err:  # Ctrl-C, a task's sys.exit: free the points for a resumed rerun
+            for trial, ret in zip(runnable, returns):
+                self._tell(study, trial, ret)
+            for trial in runnable[len(returns) :]:
+                mark_interrupted(study, trial._trial_id, trial.number, f"interrupted ({type(err).__name__})")
+            raise
         for trial, ret in zip(runnable, returns):
             self._tell(study, trial, ret)
         return [t.number for t in runnable]
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> None:
         """Record how one job ended, and log one line about it."""
+        self.held.discard(trial._trial_id)
         state, values, reason = outcome(ret, len(self.directions))
         shown = ", ".join(f"{k}={v}" for k, v in trial.params.items())
         result = f"value={values[0] if len(values) == 1 else values}" if values else reason.split("\n")[0]
