@@ -72,6 +72,32 @@ def by_state(study: optuna.Study, state: TrialState) -> list[optuna.trial.Frozen
     return study.get_trials(states=(state,))
 
 
+# Real training runs on one CPU thread (tests share the machine).
+TRAIN_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+
+
+def training_sweep_cmd(tmp_path: Path, *overrides: str) -> list[str]:
+    """A one-trial sweep of the real train.py on 40 tiny shapes images (run it from the repo root)."""
+    return [
+        sys.executable,
+        str(APP.parents[1] / "train.py"),
+        "-m",
+        "sweep=teacher_forcing",
+        "scale=smoke",
+        "hydra.sweeper.n_trials=1",
+        f"hydra.sweep.dir={tmp_path}/multirun",
+        f"paths.data_dir={tmp_path}/data",
+        f"paths.output_dir={tmp_path}/runs",
+        "trainer.threads=1",
+        "encoder.pretrained=false",
+        "data.prepare.n_train=40",
+        "data.prepare.n_val=8",
+        "data.prepare.n_test=8",
+        "data.prepare.n_test_novel=8",
+        *overrides,
+    ]
+
+
 def test_hydra_finds_the_plugin() -> None:
     names = [p.__name__ for p in Plugins.instance().discover(Sweeper)]
     assert "OptunaSweeper" in names
@@ -349,28 +375,11 @@ def test_killed_training_trial_resumes_from_its_last_checkpoint(tmp_path: Path) 
     import torch
 
     repo = APP.parents[1]
-    cmd = [
-        sys.executable,
-        str(repo / "train.py"),
-        "-m",
-        "sweep=teacher_forcing",
-        "scale=smoke",
-        "hydra.sweeper.n_trials=1",
-        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-        f"hydra.sweep.dir={tmp_path}/multirun",
-        f"paths.data_dir={tmp_path}/data",
-        f"paths.output_dir={tmp_path}/runs",
-        "logger=none",
-        "trainer.epochs=3",
-        "trainer.threads=1",
-        "encoder.pretrained=false",
-        "data.prepare.n_train=40",
-        "data.prepare.n_val=8",
-        "data.prepare.n_test=8",
-        "data.prepare.n_test_novel=8",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    first = subprocess.Popen(cmd, cwd=repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    storage = f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db"
+    cmd = training_sweep_cmd(tmp_path, storage, "logger=none", "trainer.epochs=3")
+    first = subprocess.Popen(
+        cmd, cwd=repo, env=TRAIN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     last = tmp_path / "multirun" / "0" / "last.pt"
     deadline = time.monotonic() + 300
     while not last.exists() and first.poll() is None:  # written atomically at the end of epoch 1
@@ -380,7 +389,7 @@ def test_killed_training_trial_resumes_from_its_last_checkpoint(tmp_path: Path) 
     first.wait()
     assert torch.load(last, weights_only=True)["progress"]["epoch"] < 3, "trained to the end before the kill"
 
-    resumed = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(cmd, cwd=repo, env=TRAIN_ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"trial 1 resumes {tmp_path / 'multirun' / '0'}" in resumed.stdout + resumed.stderr
     study = load(tmp_path)

@@ -1,9 +1,7 @@
 """The Optuna sweeper against a real PostgreSQL server on loopback: dead workers, storage errors, secrets."""
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from importlib.util import find_spec
 from pathlib import Path
@@ -14,12 +12,14 @@ from optuna.trial import TrialState
 from postgres_server import PASSWORD, Postgres, free_port
 from test_sweeper import (
     GRID,
+    TRAIN_ENV,
     assert_each_point_complete_once,
     by_state,
     finish,
     load,
     run_sweep,
     start_workers,
+    training_sweep_cmd,
 )
 
 from hydra_plugins.captioner_optuna_sweeper._impl import RUN_DIR_ATTR
@@ -132,32 +132,9 @@ def test_password_reaches_no_mlflow_param(tmp_path: Path, postgres_db: str) -> N
     import mlflow
 
     tracking = f"sqlite:///{tmp_path}/mlflow.db"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "train.py"),
-            "-m",
-            "sweep=teacher_forcing",
-            "scale=smoke",
-            "hydra.sweeper.n_trials=1",
-            f"hydra.sweeper.storage='{postgres_db}'",
-            f"hydra.sweep.dir={tmp_path}/multirun",
-            f"paths.data_dir={tmp_path}/data",
-            f"paths.output_dir={tmp_path}/runs",
-            f"logger.tracking_uri={tracking}",
-            "trainer.threads=1",
-            "encoder.pretrained=false",
-            "data.prepare.n_train=40",
-            "data.prepare.n_val=8",
-            "data.prepare.n_test=8",
-            "data.prepare.n_test_novel=8",
-        ],
-        cwd=REPO,  # the sweeps' config search path is relative to it
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""},
-    )
+    storage, tracking_uri = f"hydra.sweeper.storage='{postgres_db}'", f"logger.tracking_uri={tracking}"
+    cmd = training_sweep_cmd(tmp_path, storage, tracking_uri)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600, env=TRAIN_ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert PASSWORD not in proc.stdout + proc.stderr
     client = mlflow.MlflowClient(tracking)
