@@ -460,8 +460,15 @@ class OptunaSweeperImpl:
         grid = Grid(space, self.sampler_seed) if self.is_grid else None
         n_trials = min(self.n_trials, len(grid.points)) if grid is not None else self.n_trials
         study = self._study(arguments, space)
-        locks = lock_folder(self.storage_url)
-        lock = WorkerLock(locks, self.worker) if locks is not None else None
+        locks, lock = lock_folder(self.storage_url), None
+        if locks is not None:
+            try:
+                lock = WorkerLock(locks, self.worker)
+            except OSError as err:  # a file system without POSIX locks (some NFS mounts)
+                log.warning(
+                    f"no worker lock in {locks} ({err.strerror}); dead workers are found by heartbeat"
+                )
+                locks = None
         try:
             # From ask to tell, so a trial is never without beats while its job is being prepared.
             with heartbeat(study, self.held, self.heartbeat_interval):
