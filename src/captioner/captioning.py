@@ -6,6 +6,7 @@ naming it, on stderr and in captions.json's ``failed`` list.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,7 +60,8 @@ def read_image(path: Path) -> Image.Image:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         # PIL raises UnidentifiedImageError (an OSError) for non-images, OSError for truncated data.
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DataError(f"{path.name}: cannot read image ({reason[:120]}); skipped") from None
+        reason = textwrap.shorten(reason, 120, placeholder=" ...")  # at a word boundary, not mid-word
+        raise DataError(f"{path.name}: cannot read image ({reason}); skipped") from None
 
 
 @torch.inference_mode()

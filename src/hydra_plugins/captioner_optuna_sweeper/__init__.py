@@ -10,6 +10,9 @@ from typing import Any
 
 ENV_STUDY = "CAPTIONER_SWEEP_STUDY"
 ENV_TRIAL = "CAPTIONER_SWEEP_TRIAL"
+# The storage URL for sweep_trial(), set by the sweeper in its own environment (inherited by
+# the jobs), because the jobs' saved configs hold it with the password masked.
+ENV_STORAGE = "CAPTIONER_SWEEP_STORAGE"
 
 
 def sweep_trial() -> Any:
@@ -25,16 +28,17 @@ def sweep_trial() -> Any:
     from hydra.utils import instantiate
 
     from captioner.errors import require
-    from hydra_plugins.captioner_optuna_sweeper._impl import make_storage
+    from hydra_plugins.captioner_optuna_sweeper.storage import make_storage
 
     sweeper = HydraConfig.get().sweeper
+    url = os.environ.get(ENV_STORAGE) if sweeper.storage else None
     require(
-        sweeper.storage is not None,
+        url is not None,
         "hydra.sweeper.storage: null (in memory) cannot be shared with the task; set a URL",
     )
     # No pruner configured means no pruning (optuna.load_study(pruner=None) would pick MedianPruner).
     pruner = instantiate(sweeper.pruner) if sweeper.get("pruner") else optuna.pruners.NopPruner()
-    storage = make_storage(sweeper.storage)
+    storage = make_storage(url)
     study = optuna.load_study(study_name=os.environ[ENV_STUDY], storage=storage, pruner=pruner)
     number = int(os.environ[ENV_TRIAL])
     trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)

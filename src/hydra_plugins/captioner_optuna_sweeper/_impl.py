@@ -3,9 +3,12 @@
 Shaped after hydra-optuna-sweeper 1.3 (same `hydra.sweeper` keys), which pins optuna<3 and whose
 RDB storage breaks under SQLAlchemy 2. Additions: resume (the study's `n_trials` counts finished
 trials over all runs), several workers on one study, grid points that never run twice, failed
-and pruned trials recorded instead of aborting the sweep.
+and pruned trials recorded instead of aborting the sweep, dead workers' trials failed and their
+grid points rerun (resuming the dead trial's checkpoint), the storage password kept out of logs
+and saved configs, and a non-zero exit when no trial completed.
 """
 
+import fcntl
 import hashlib
 import itertools
 import json
@@ -13,68 +16,46 @@ import logging
 import math
 import os
 import random
-import socket
+import sys
 import threading
 import time
+import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
-import sqlalchemy.exc
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_class, get_method, instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
 from captioner.errors import ConfigError, require
-from hydra_plugins.captioner_optuna_sweeper import ENV_STUDY, ENV_TRIAL
+from hydra_plugins.captioner_optuna_sweeper import ENV_STORAGE, ENV_STUDY, ENV_TRIAL
+from hydra_plugins.captioner_optuna_sweeper.storage import make_storage, mask, password, retry
 
 log = logging.getLogger(__name__)
 
 # Trial system attributes written by this sweeper.
-WORKER_ATTR = "captioner_worker"  # "host:pid" of the sweeper process that holds the trial
+WORKER_ATTR = "captioner_worker"  # random id of the sweeper process that holds the trial
 GRID_ATTR = "captioner_grid_point"  # JSON of the grid point this trial claimed; None = released
+RUN_DIR_ATTR = (
+    "captioner_run_dir"  # the folder the task writes to (its own job folder, or the one it resumes)
+)
+INTERRUPTED_ATTR = "captioner_interrupted"  # True: FAIL because its worker died or stopped, not the task
+GRID_EXHAUSTED = "grid exhausted: other workers took the last points"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 DIRECTIONS = ("minimize", "maximize")
-
-
-def make_storage(
-    url: str | None, heartbeat_interval: int | None = None
-) -> optuna.storages.BaseStorage | None:
-    """An RDBStorage for `url` that tolerates several processes on one SQLite file; None: in memory."""
-    if url is None:
-        return None
-    engine_kwargs: dict[str, Any] = {}
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        # Workers share the file: wait for its lock instead of failing with "database is locked".
-        engine_kwargs["connect_args"] = {"timeout": 30}
-    hb = (
-        {"heartbeat_interval": heartbeat_interval, "grace_period": 2 * heartbeat_interval}
-        if heartbeat_interval
-        else {}
-    )
-    # Workers started together race to create the tables; the loser sees them on the next try.
-    for attempt in range(5):
-        try:
-            with warnings.catch_warnings():
-                # Heartbeats have been "experimental" since Optuna 2.9; we rely on them knowingly.
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, **hb)
-        except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
-            if attempt == 4:
-                raise
-            time.sleep(0.2 + random.random())
-    raise AssertionError("unreachable")
 
 
 def distribution_from_override(override: Override) -> BaseDistribution | str:
@@ -144,49 +125,98 @@ def quote(value: str) -> str:
     return "'" + value.replace("'", "\\'") + "'"
 
 
-def worker_id() -> str:
-    """This sweeper process as `host:pid` (stored on the trials it holds)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+class WorkerLock:
+    """A sweeper process's sign of life for workers that share a SQLite file.
 
+    Each worker holds a POSIX lock on `<db>.workers/<worker id>.lock`; the kernel drops it the
+    moment the process dies, in whatever PID namespace or container it ran, so another worker
+    sees at once that a trial's holder is gone. (A `host:pid` check cannot tell: pids repeat across
+    containers with one hostname.) A server database has no shared folder: there Optuna's heartbeat
+    is the only sign of life.
+    """
 
-def pid_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
+    def __init__(self, folder: Path, worker: str) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{worker}.lock"
+        # fcntl (POSIX) locks belong to this process: children forked by the task do not inherit them.
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+    def release(self) -> None:
+        """Drop the lock and its file (the worker ends normally)."""
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+    @staticmethod
+    def dead(folder: Path, worker: str) -> bool:
+        """Whether `worker` surely died: its lock file exists and nobody holds the lock.
+
+        Call it for other workers only: a process never conflicts with its own POSIX locks.
+        """
+        path = folder / f"{worker}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR)
+        except OSError:
+            return False  # no lock file (a worker on another host, an older sweeper): the heartbeat decides
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # held: alive
+        finally:
+            os.close(fd)  # also drops the lock we may just have taken
+        path.unlink(missing_ok=True)
         return True
+
+
+def lock_folder(url: str | None) -> Path | None:
+    """Where workers on the SQLite file `url` keep their locks; None for other storages."""
+    if url is None or not url.startswith("sqlite:///"):
+        return None
+    return Path(url.removeprefix("sqlite:///") + ".workers")
+
+
+def mark_interrupted(study: optuna.Study, trial_id: int, number: int, reason: str) -> bool:
+    """Record RUNNING trial `trial_id` as FAIL because its worker died or stopped; False if it had ended."""
+    storage = study._storage
+    try:
+        # Attributes first: a finished trial accepts none.
+        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
+        storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
+        storage.set_trial_state_values(trial_id, TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # it finished, or another worker failed it first
+    log.warning(f"trial {number} FAIL {reason}; its point is free to run again")
     return True
 
 
-def fail_dead_trials(study: optuna.Study) -> None:
-    """Mark RUNNING trials of a dead worker FAIL, so that the budget and the grid point come back.
+def fail_dead_trials(study: optuna.Study, me: str, locks: Path | None) -> None:
+    """Mark RUNNING trials of dead workers FAIL, so that the budget and the grid point come back.
 
-    Same host: the worker's pid is gone (a killed sweep, caught at once). Other hosts: Optuna's
-    heartbeat went stale (after 2 heartbeat intervals).
+    Dead means: its worker's lock is free (SQLite, caught at once), or its Optuna heartbeat is
+    older than the grace period (any storage with heartbeats).
     """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)  # a no-op unless the storage has heartbeats
-    host = socket.gethostname()
+    storage = study._storage
+    stale: set[int] = set()
+    if is_heartbeat_enabled(storage):
+        stale = set(storage._get_stale_trial_ids(study._study_id))
+        grace = 2 * storage.get_heartbeat_interval()  # make_storage sets the grace period so
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker = trial.system_attrs.get(WORKER_ATTR)
-        if not worker:
+        if trial._trial_id in stale:
+            reason = f"worker {worker} sent no heartbeat for over {grace} s"
+        elif worker and worker != me and locks is not None and WorkerLock.dead(locks, worker):
+            reason = f"worker {worker} died"
+        else:
             continue
-        worker_host, _, pid = worker.rpartition(":")
-        if worker_host == host and not pid_alive(int(pid)):
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", f"worker {worker} died")
-            try:
-                study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                pass  # another worker cleaned it up first
-            log.warning(f"trial {trial.number}: worker {worker} died; marked FAIL")
+        mark_interrupted(study, trial._trial_id, trial.number, reason)
 
 
 @contextmanager
-def heartbeat(study: optuna.Study, trial_ids: Sequence[int], interval: int | None) -> Iterator[None]:
-    """Record Optuna heartbeats for `trial_ids` every `interval` s while the block runs."""
+def heartbeat(study: optuna.Study, trial_ids: Collection[int], interval: int | None) -> Iterator[None]:
+    """Record Optuna heartbeats for `trial_ids` every `interval` s while the block runs.
+
+    `trial_ids` may change meanwhile (the sweeper adds a trial when it asks it, drops it when told).
+    """
     storage = study._storage
     if not interval:
         yield
@@ -195,7 +225,7 @@ def heartbeat(study: optuna.Study, trial_ids: Sequence[int], interval: int | Non
 
     def beat() -> None:
         while True:
-            for trial_id in trial_ids:
+            for trial_id in list(trial_ids):
                 try:
                     storage.record_heartbeat(trial_id)
                 except Exception as err:  # a busy database must not kill the sweep
@@ -307,6 +337,7 @@ class OptunaSweeperImpl:
         custom_search_space: str | None,
         pruner: Any,
         heartbeat_interval: int | None,
+        resume_override: str | None,
     ) -> None:
         directions = [direction] if isinstance(direction, str) else list(direction)
         for d in directions:
@@ -334,11 +365,32 @@ class OptunaSweeperImpl:
         self.custom_search_space = get_method(custom_search_space) if custom_search_space else None
         # No pruner configured means no pruning: optuna.create_study(pruner=None) would pick MedianPruner.
         self.pruner = instantiate(pruner) if pruner else optuna.pruners.NopPruner()
-        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_interval = heartbeat_interval if storage else None
+        self.resume_override = resume_override
+        # Random, not host:pid: pids repeat across containers that share a hostname.
+        self.worker = uuid.uuid4().hex[:12]
+        self.job_overrides: list[str] = []
+        self.held: set[int] = set()  # ids of this worker's RUNNING trials (heartbeats)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        """Create the launcher that will run the trials."""
+        """Keep the storage password out of the jobs' configs, then create the launcher."""
         self.config = config
+        self.hydra_context = hydra_context
+        if password(self.storage_url):
+            # Each job's .hydra/hydra.yaml holds hydra.sweeper.storage and the hydra overrides:
+            # they get the masked URL, and sweep_trial() reads the real one from the environment
+            # (inherited by in-process, joblib and submitit jobs; never written to a file).
+            masked = f"hydra.sweeper.storage={quote(mask(self.storage_url))}"
+            with read_write(config.hydra), open_dict(config.hydra):
+                config.hydra.sweeper.storage = mask(self.storage_url)
+                config.hydra.overrides.hydra = [
+                    masked if "hydra.sweeper.storage" in o.split("=", 1)[0] else o
+                    for o in config.hydra.overrides.hydra
+                ]
+            # Also wins over a password written in a config file.
+            self.job_overrides = [masked]
+        if self.storage_url:
+            os.environ[ENV_STORAGE] = self.storage_url
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
@@ -356,21 +408,21 @@ class OptunaSweeperImpl:
         else:
             sampler = instantiate(self.sampler_conf)
         storage = make_storage(self.storage_url, self.heartbeat_interval)
-        for attempt in range(5):
-            try:
-                return optuna.create_study(
-                    study_name=name,
-                    storage=storage,
-                    sampler=sampler,
-                    pruner=self.pruner,
-                    directions=self.directions,
-                    load_if_exists=True,
-                )
-            except (sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError):
-                if attempt == 4:
-                    raise
-                time.sleep(0.2 + random.random())  # a worker started at the same moment won the insert
-        raise AssertionError("unreachable")
+
+        def create() -> optuna.Study:
+            return optuna.create_study(
+                study_name=name,
+                storage=storage,
+                sampler=sampler,
+                pruner=self.pruner,
+                directions=self.directions,
+                load_if_exists=True,
+            )
+
+        if storage is None:
+            return create()
+        # A worker started at the same moment may win the insert: the loser loads it on the next try.
+        return retry(create, self.storage_url, f"creating study {name}")
 
     def _overrides(self, arguments: list[str]) -> list[str]:
         """`hydra.sweeper.params` then the command line's task overrides (which win)."""
@@ -384,7 +436,11 @@ class OptunaSweeperImpl:
             # Optuna records heartbeats only inside Study.optimize; `heartbeat()` does it for us.
             warnings.filterwarnings("ignore", "Heartbeat of storage is supposed to be used")
             trial = study.ask()
-        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker_id())
+        if is_heartbeat_enabled(study._storage):
+            # A trial without any heartbeat is never stale: beat once now, in case we die before launch.
+            study._storage.record_heartbeat(trial._trial_id)
+        self.held.add(trial._trial_id)
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, self.worker)
         if grid is not None:
             point = grid.claim(study, trial._trial_id)
             if point is None:
@@ -404,32 +460,61 @@ class OptunaSweeperImpl:
         grid = Grid(space, self.sampler_seed) if self.is_grid else None
         n_trials = min(self.n_trials, len(grid.points)) if grid is not None else self.n_trials
         study = self._study(arguments, space)
-        fail_dead_trials(study)
+        locks, lock = lock_folder(self.storage_url), None
+        if locks is not None:
+            try:
+                lock = WorkerLock(locks, self.worker)
+            except OSError as err:  # a file system without POSIX locks (some NFS mounts)
+                log.warning(
+                    f"no worker lock in {locks} ({err.strerror}); dead workers are found by heartbeat"
+                )
+                locks = None
+        try:
+            # From ask to tell, so a trial is never without beats while its job is being prepared.
+            with heartbeat(study, self.held, self.heartbeat_interval):
+                launched = self._sweep(study, grid, space, fixed, n_trials, locks)
+        finally:
+            if lock is not None:
+                lock.release()
+        self._report(study, launched)
+
+    def _sweep(
+        self,
+        study: optuna.Study,
+        grid: Grid | None,
+        space: dict[str, BaseDistribution],
+        fixed: dict[str, str],
+        n_trials: int,
+        locks: Path | None,
+    ) -> list[int]:
+        """The ask-launch-tell loop; returns the numbers of the trials this run launched."""
+        fail_dead_trials(study, self.worker, locks)
         counts = self._counts(study)
         # Failures use up this run's budget, so a trial that always fails cannot loop forever;
         # re-running the command retries it.
         budget = n_trials - counts[TrialState.COMPLETE] - counts[TrialState.PRUNED]
+        where = mask(self.storage_url) if self.storage_url else "in memory"
         log.info(
-            f"Study {study.study_name} ({self.storage_url or 'in memory'}): {counts[TrialState.COMPLETE]} complete, "
+            f"Study {study.study_name} ({where}): {counts[TrialState.COMPLETE]} complete, "
             f"{counts[TrialState.PRUNED]} pruned, {counts[TrialState.FAIL]} failed; target {n_trials} finished trials"
         )
         log.info(
-            f"Sampler: {'grid' if grid else type(study.sampler).__name__}, directions: {self.directions}"
+            f"Sampler: {'grid' if grid else type(study.sampler).__name__}, directions: {self.directions}, "
+            f"worker {self.worker}"
         )
-        asked = 0
+        asked: list[int] = []
         while True:
-            fail_dead_trials(study)
+            fail_dead_trials(study, self.worker, locks)
             counts = self._counts(study)
             in_flight = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + counts[TrialState.RUNNING]
-            batch = min(self.n_jobs, budget - asked, n_trials - in_flight)
+            batch = min(self.n_jobs, budget - len(asked), n_trials - in_flight)
             if grid is not None:
                 batch = min(batch, grid.n_free(study))
             if batch <= 0:
                 break
             trials = [self._ask(study, grid, space) for _ in range(batch)]
-            asked += len(trials)
-            self._run_batch(study, trials, fixed)
-        self._report(study)
+            asked += self._run_batch(study, trials, fixed)
+        return asked
 
     @staticmethod
     def _counts(study: optuna.Study) -> dict[TrialState, int]:
@@ -439,31 +524,60 @@ class OptunaSweeperImpl:
             counts[trial.state] += 1
         return counts
 
-    def _run_batch(self, study: optuna.Study, trials: list[optuna.Trial], fixed: dict[str, str]) -> None:
-        """Launch `trials` as Hydra jobs and tell Optuna how each ended."""
+    def _run_dir(self, number: int, overrides: list[str]) -> Path:
+        """The job folder Hydra will give trial `number` (composed as the launcher composes it)."""
+        cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+        with open_dict(cfg):
+            cfg.hydra.job.num = number
+        return Path(str(cfg.hydra.sweep.dir), str(cfg.hydra.sweep.subdir)).absolute()
+
+    def _resume_from(self, study: optuna.Study, trial: optuna.Trial) -> str | None:
+        """The run folder of an interrupted earlier trial on this trial's grid point that left a last.pt."""
+        key = study._storage.get_trial_system_attrs(trial._trial_id).get(GRID_ATTR)
+        if self.resume_override is None or key is None:
+            return None
+        for old in reversed(study.get_trials(deepcopy=False, states=(TrialState.FAIL,))):
+            attrs = old.system_attrs
+            if attrs.get(GRID_ATTR) == key and attrs.get(INTERRUPTED_ATTR) and attrs.get(RUN_DIR_ATTR):
+                if (Path(attrs[RUN_DIR_ATTR]) / "last.pt").is_file():
+                    return attrs[RUN_DIR_ATTR]
+        return None
+
+    def _run_batch(self, study: optuna.Study, trials: list[optuna.Trial], fixed: dict[str, str]) -> list[int]:
+        """Launch `trials` as Hydra jobs and tell Optuna how each ended; returns the launched numbers."""
         runnable, jobs = [], []
         for trial in trials:
             if not trial.params and self.is_grid:
-                study._storage.set_trial_user_attr(
-                    trial._trial_id, "fail_reason", "grid exhausted: other workers took the last points"
-                )
+                study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", GRID_EXHAUSTED)
                 study.tell(trial, state=TrialState.FAIL)
-                log.info(f"trial {trial.number} FAIL grid exhausted: other workers took the last points")
+                self.held.discard(trial._trial_id)
+                log.info(f"trial {trial.number} FAIL {GRID_EXHAUSTED}")
                 continue
             overlap = set(trial.params) & set(fixed)
             require(
                 not overlap, f"hydra.sweeper.params: {sorted(overlap)} are both searched and fixed; drop one"
             )
             overrides = [f"{k}={v}" for k, v in trial.params.items()] + [f"{k}={v}" for k, v in fixed.items()]
+            resume = self._resume_from(study, trial)
+            if resume is not None:
+                # Rerun of an interrupted trial: continue its checkpoint, in its folder.
+                overrides.append(f"{self.resume_override}={quote(resume)}")
+                log.info(f"trial {trial.number} resumes {resume}")
             trial.set_user_attr("overrides", overrides)
             # env_set reaches the task under every launcher (in-process, joblib, submitit).
-            # (Not the storage URL: it may hold a password; sweep_trial() reads it from HydraConfig.)
+            # (Not the storage URL: it may hold a password; sweep_trial() reads it from ENV_STORAGE.)
             env = {ENV_STUDY: study.study_name, ENV_TRIAL: str(trial.number)}
-            jobs.append(overrides + [f"++hydra.job.env_set.{k}={quote(v)}" for k, v in env.items()])
+            job = (
+                overrides
+                + [f"++hydra.job.env_set.{k}={quote(v)}" for k, v in env.items()]
+                + self.job_overrides
+            )
+            run_dir = resume or str(self._run_dir(trial.number, job))
+            study._storage.set_trial_system_attr(trial._trial_id, RUN_DIR_ATTR, run_dir)
+            jobs.append(job)
             runnable.append(trial)
         returns: list[JobReturn] = []
-        interval = self.heartbeat_interval if self.storage_url else None
-        with heartbeat(study, [t._trial_id for t in runnable], interval):
+        try:
             # Job folders are numbered by trial, so workers sharing a sweep dir never collide.
             i = 0
             while i < len(runnable):
@@ -472,20 +586,40 @@ class OptunaSweeperImpl:
                     j += 1
                 returns += self.launcher.launch(jobs[i:j], initial_job_idx=runnable[i].number)
                 i = j
+        except BaseException as err:  # Ctrl-C, a task's sys.exit: free the points for a resumed rerun
+            for trial, ret in zip(runnable, returns):
+                self._tell(study, trial, ret)
+            for trial in runnable[len(returns) :]:
+                mark_interrupted(study, trial._trial_id, trial.number, f"interrupted ({type(err).__name__})")
+            raise
         for trial, ret in zip(runnable, returns):
-            state, values, reason = outcome(ret, len(self.directions))
+            self._tell(study, trial, ret)
+        return [t.number for t in runnable]
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, ret: JobReturn) -> None:
+        """Record how one job ended, and log one line about it."""
+        self.held.discard(trial._trial_id)
+        state, values, reason = outcome(ret, len(self.directions))
+        shown = ", ".join(f"{k}={v}" for k, v in trial.params.items())
+        result = f"value={values[0] if len(values) == 1 else values}" if values else reason.split("\n")[0]
+        try:
             if reason:
                 trial.set_user_attr("fail_reason", reason)
-            try:
-                study.tell(trial, values=values, state=state)
-            except (ValueError, RuntimeError) as err:  # marked FAIL meanwhile by another worker
-                log.warning(f"trial {trial.number}: could not record {state.name}: {err}")
-            shown = ", ".join(f"{k}={v}" for k, v in trial.params.items())
-            result = f"value={values[0] if len(values) == 1 else values}" if values else reason
-            log.info(f"trial {trial.number} {state.name} {result} [{shown}]")
+            study.tell(trial, values=values, state=state)
+        except (ValueError, RuntimeError) as err:
+            # A worker that was silent past the heartbeat's grace (suspended, cut off from the
+            # database) finds its trial failed by another worker, which may rerun its point.
+            held = study._storage.get_trial(trial._trial_id)
+            log.warning(
+                f"trial {trial.number} ended {state.name} {result} [{shown}], but it was already "
+                f"{held.state.name} ({held.user_attrs.get('fail_reason', err)}); result not recorded"
+            )
+            return
+        log.info(f"trial {trial.number} {state.name} {result} [{shown}]")
 
-    def _report(self, study: optuna.Study) -> None:
-        """Log the best trial(s) and write optimization_results.yaml into the sweep dir."""
+    def _report(self, study: optuna.Study, launched: list[int]) -> None:
+        """Log the best trial(s), write optimization_results.yaml into the sweep dir, and exit 1
+        when this run launched trials and none of them finished."""
         counts = self._counts(study)
         results: dict[str, Any] = {
             "name": "optuna",
@@ -511,3 +645,11 @@ class OptunaSweeperImpl:
         tmp = sweep_dir / f".optimization_results.{os.getpid()}.yaml"
         OmegaConf.save(OmegaConf.create(results), tmp)
         os.replace(tmp, sweep_dir / "optimization_results.yaml")
+        mine = [t for t in study.get_trials(deepcopy=False) if t.number in set(launched)]
+        if not mine or any(t.state in FINISHED for t in mine):
+            return
+        reasons = Counter(str(t.user_attrs.get("fail_reason", t.state.name)).split("\n")[0] for t in mine)
+        log.error(f"Study {study.study_name}: none of the {len(mine)} trials this run launched completed:")
+        for reason, n in reasons.most_common():
+            log.error(f"  {n}x {reason}")
+        sys.exit(1)

@@ -86,9 +86,14 @@ class OptunaSweeperConf:
     # Optional optuna pruner (`_target_` plus kwargs); tasks report intermediate values through
     # hydra_plugins.captioner_optuna_sweeper.sweep_trial().
     pruner: Any = None
-    # Seconds between "still running" records of each trial; a trial whose worker stopped
-    # recording for 2 intervals is marked FAIL so that a resumed sweep re-runs it. null: off.
-    heartbeat_interval: int | None = 60
+    # Seconds between "still running" records (Optuna heartbeats) of each trial; a trial whose
+    # worker stopped recording for 2 intervals is marked FAIL and its grid point runs again.
+    # null: off (then only workers sharing a SQLite file see each other die).
+    heartbeat_interval: int | None = 30
+    # The task override that points the rerun of an interrupted trial (worker died, Ctrl-C) at
+    # that trial's run folder when it holds a last.pt, so it resumes instead of starting over.
+    # null: reruns start over.
+    resume_override: str | None = "trainer.resume"
 
 
 _cs = ConfigStore.instance()
