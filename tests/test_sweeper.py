@@ -187,3 +187,14 @@ def test_trial_of_a_silent_worker_on_another_host_is_failed(tmp_path: Path) -> N
     time.sleep(2.5)  # > grace period (2 intervals) without a beat
     fail_dead_trials(study)
     assert study.trials[0].state == TrialState.FAIL
+
+
+def test_null_n_trials_runs_the_whole_grid_and_needs_a_grid(tmp_path: Path) -> None:
+    # 3 x 3 points; the app's n_trials (6) would stop early.
+    proc = run_sweep(tmp_path, GRID, "hydra.sweeper.n_trials=null", "x=choice(0,1,2)")
+    assert proc.returncode == 0, proc.stderr
+    assert len(by_state(load(tmp_path), TrialState.COMPLETE)) == 9
+    (tmp_path / "tpe").mkdir()
+    bad = run_sweep(tmp_path / "tpe", "hydra.sweeper.n_trials=null")
+    assert bad.returncode != 0
+    assert "hydra.sweeper.n_trials: null (the whole grid) needs sampler=grid; set a number" in bad.stderr
