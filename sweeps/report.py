@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -330,7 +331,8 @@ def log_to_parent(tracking_uri: str, s: dict[str, Any], files: list[Path]) -> st
             metrics.update({f"{key}.diff": p["diff"]["mean"], f"{key}.ci_low": p["diff"]["ci_low"]})
             metrics[f"{key}.ci_high"] = p["diff"]["ci_high"]
     metrics["group.wall_time_s"] = s["wall_time"]["runs_s"]
-    batch = [Metric(k, float(v), 0, 0) for k, v in metrics.items() if v is not None and math.isfinite(v)]
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(v)]
     tags = [RunTag(f"claim.{c['id']}", c["verdict"][:5000]) for c in s["claims"]]
     for i in range(0, len(batch), 1000):  # MLflow's batch limit
         client.log_batch(parent, metrics=batch[i : i + 1000])
