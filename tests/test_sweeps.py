@@ -134,3 +134,25 @@ def test_quality_experiment_composes_for_each_control(context: str) -> None:
         cfg.encoder, cfg.decoder, Vocab(["<pad>", "<start>", "<end>", "<unk>", "red", "circle"])
     )
     assert model.decoder.context == context and model.encoder.out_dim == 96
+
+
+def _leaves(d: dict, prefix: str = "") -> dict[str, object]:
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_leaves(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_no_scale_overrides_what_a_version_sets(version: str) -> None:
+    """Scales come after versions in the defaults list: a scale key that a version also sets would erase the ablation."""
+    raw = OmegaConf.to_container(OmegaConf.load(REPO / "sweeps" / "version" / f"{version}.yaml"))
+    own = {k: v for k, v in _leaves(raw).items() if not k.startswith(("defaults", "logger."))}
+    scales = sorted(p.stem for p in (REPO / "sweeps" / "scale").glob("*.yaml"))
+    for scale in scales:
+        cfg = _compose(f"version={version}", f"scale={scale}")
+        got = {k: OmegaConf.select(cfg, k) for k in own}
+        assert got == own, f"scale={scale} changes {version}'s own settings"
