@@ -32,15 +32,15 @@ lint:  ## ruff check + format check
 ui:  ## MLflow UI on http://127.0.0.1:5000 over the local store (compare runs and sweeps)
 	$(PY) -m captioner.ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
-SWEEPS := optim_dropout pretrain_finetune teacher_forcing optical_finetune label_smoothing tf_scheduler
-sweep-smoke: install weights  ## every seed ablation group end to end at smoke scale
-	for s in $(SWEEPS); do $(PY) train.py -m sweep=$$s scale=smoke || exit 1; done
+SWEEPS := optim_dropout pretrain_finetune teacher_forcing optical_finetune label_smoothing tf_scheduler extra_claims
+sweep-smoke: install weights  ## every seed ablation group end to end at smoke scale (2 seeds)
+	for s in $(SWEEPS); do $(PY) train.py -m sweep=$$s scale=smoke && $(PY) sweeps/report.py --experiment sweep-$$s-smoke || exit 1; done
 
 GROUP ?= pretrain_finetune
 SCALE ?= cpu
-sweep: install weights  ## one seed ablation group and its report, e.g. make sweep GROUP=label_smoothing SCALE=cpu
+sweep: install weights  ## one seed ablation group (versions x seeds) and its report, e.g. make sweep GROUP=label_smoothing SCALE=cpu
 	$(PY) train.py -m sweep=$(GROUP) scale=$(SCALE)
 	$(PY) sweeps/report.py --experiment sweep-$(GROUP)-$(SCALE)
 
-report:  ## Markdown + plot per sweep experiment in the local MLflow store (sweeps/results/)
+report:  ## mean/CI per version + claim verdicts per sweep experiment in the local MLflow store (sweeps/results/)
 	for e in $$($(PY) -c "from mlflow.tracking import MlflowClient as C; print(' '.join(x.name for x in C('sqlite:///mlflow.db').search_experiments() if x.name.startswith('sweep-')))"); do $(PY) sweeps/report.py --experiment $$e; done

@@ -203,24 +203,27 @@ def sweep_rows(path: str, versions: list[str]) -> list[dict[str, Any]]:
 
     Fine-tuning cannot train on the feature cache, so on 2 CPU cores it is measured at the sweep's
     cpu scale (``sweeps/scale/cpu.yaml``), not at the benchmark scale; the rows carry their scale.
+    Each metric is the mean over the sweep's seeds (the report holds the per-seed values and CIs).
     """
     try:
         record = json.loads(Path(path).read_text())
-        available = record["rows"]
+        available = record["versions"]
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             f"--sweep-result {path}: not a sweeps/report.py JSON ({err}); run `make report`"
         ) from None
-    missing = [v for v in versions if v not in available or "test" not in available[v]]
+    missing = [v for v in versions if v not in available or "test.bleu4" not in available[v]["metrics"]]
     if missing:
         raise ConfigError(
             f"--sweep-versions {' '.join(missing)}: no test metrics in {path}; it has {', '.join(available)}"
         )
     rows = []
     for version in versions:
-        metrics = available[version]["test"]
+        stats = available[version]["metrics"]
+        metrics = {k.removeprefix("test."): v["mean"] for k, v in stats.items() if k.startswith("test.")}
+        n = stats["test.bleu4"]["n"]
         target, details = check_targets("test", metrics)
-        label = f"{version} {record['group']}@{record['scale']}: {available[version]['flags']}"
+        label = f"{version} {record['group']}@{record['scale']} (mean of {n} seeds): {available[version]['flags']}"
         rows.append(
             {
                 "run": label,

@@ -1,10 +1,14 @@
-"""Compare a sweep's runs with the seed's ablation log: a Markdown table, a JSON file and a plot.
+"""Report a seed-ablation sweep over seeds: per-version means and CIs, a verdict per seed claim.
 
     python sweeps/report.py --experiment sweep-teacher_forcing-cpu [--tracking-uri sqlite:///mlflow.db]
 
-Reads the child runs of the sweep's MLflow experiment (one per seed version, tagged by the version
-files in sweeps/version/), takes each run's best validation BLEU-4 and the CIDEr-D and object F1 of
-that validation, and checks the seed's conclusions for the group on our numbers.
+Reads the finished child runs of the sweep's MLflow experiment (the latest one per version and
+``trainer.seed``), takes each run's best validation (val BLEU-4 and that validation's CIDEr-D and
+object F1), its test scores and its training wall time, and writes sweeps/results/<group>_<scale>
+.md, .json and .png: mean and 95% t-interval per version, and each claim of sweeps/claims.yaml as a
+paired comparison with its verdict (captioner.ablation). The same files go to the study's MLflow
+parent run as artifacts, with the per-version means and intervals as metrics
+(``v42.val_bleu4.mean``, ``...ci_low``, ``...ci_high``) and the verdicts as tags.
 """
 
 from __future__ import annotations
@@ -12,213 +16,330 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Callable
+import time
+from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-Scores = dict[str, float]
-Check = Callable[[dict[str, Scores]], bool]
+from omegaconf import OmegaConf
 
+from captioner.ablation import (
+    TIME_METRIC,
+    Interval,
+    Judgement,
+    competence_failures,
+    judge,
+    load_claims,
+    summarize_versions,
+)
 
-def _b(r: dict[str, Scores], v: str) -> float:
-    return r[v]["bleu4"]
-
-
-# The seed's conclusions per group (its README), as checks on our val BLEU-4 per version.
-CONCLUSIONS: dict[str, list[tuple[str, list[str], Check]]] = {
-    "optim_dropout": [
-        (
-            "adamw (v16) makes no difference from adam (v15): within 1 BLEU-4",
-            ["v15", "v16"],
-            lambda r: abs(_b(r, "v16") - _b(r, "v15")) < 1.0,
-        ),
-        (
-            "more dropout helped this small model: v17 > v15",
-            ["v15", "v17"],
-            lambda r: _b(r, "v17") > _b(r, "v15"),
-        ),
-    ],
-    "pretrain_finetune": [
-        (
-            "training from scratch (v18) is the worst",
-            ["v18", "v19", "v20", "v21", "v22"],
-            lambda r: _b(r, "v18") == min(_b(r, v) for v in ("v18", "v19", "v20", "v21", "v22") if v in r),
-        ),
-        (
-            "a pretrained encoder beats scratch: v19 > v18",
-            ["v18", "v19"],
-            lambda r: _b(r, "v19") > _b(r, "v18"),
-        ),
-        ("fine-tuning improves on frozen: v20 > v19", ["v19", "v20"], lambda r: _b(r, "v20") > _b(r, "v19")),
-        (
-            "lower encoder lr is best: v22 >= v20, v21",
-            ["v20", "v21", "v22"],
-            lambda r: _b(r, "v22") >= max(_b(r, "v20"), _b(r, "v21")),
-        ),
-        (
-            "a new 1x1 conv to 256 features (v23) underperforms frozen full features (v19)",
-            ["v19", "v23"],
-            lambda r: _b(r, "v23") < _b(r, "v19"),
-        ),
-        (
-            "reduced features with fine-tuning (v24) come close to v21: within 1 BLEU-4",
-            ["v21", "v24"],
-            lambda r: abs(_b(r, "v24") - _b(r, "v21")) < 1.0,
-        ),
-    ],
-    "teacher_forcing": [
-        (
-            "scheduled inv_sigmoid (best of v42, v43) beats always teacher forcing (v44)",
-            ["v42", "v43", "v44"],
-            lambda r: max(_b(r, "v42"), _b(r, "v43")) > _b(r, "v44"),
-        ),
-        (
-            "no teacher forcing (v45) is by far the worst",
-            ["v39", "v40", "v41", "v42", "v43", "v44", "v45"],
-            lambda r: _b(r, "v45") == min(_b(r, v) for v in r),
-        ),
-        (
-            "more teacher forcing for longer helps: v43 (k=1.2) > v39 (k=0.5)",
-            ["v39", "v43"],
-            lambda r: _b(r, "v43") > _b(r, "v39"),
-        ),
-    ],
-    "optical_finetune": [
-        (
-            "fine-tuning helps without augmentation: v60 > v58",
-            ["v58", "v60"],
-            lambda r: _b(r, "v60") > _b(r, "v58"),
-        ),
-        (
-            "fine-tuning helps with augmentation: v62 > v61",
-            ["v61", "v62"],
-            lambda r: _b(r, "v62") > _b(r, "v61"),
-        ),
-    ],
-    "label_smoothing": [
-        (
-            "any label smoothing beats one-hot labels: min(v64..v68) > v63",
-            ["v63", "v64", "v65", "v66", "v67", "v68"],
-            lambda r: min(_b(r, v) for v in ("v64", "v65", "v66", "v67", "v68")) > _b(r, "v63"),
-        ),
-        (
-            "robust to most smoothing values: v64..v68 within 2 BLEU-4",
-            ["v64", "v65", "v66", "v67", "v68"],
-            lambda r: (
-                max(_b(r, v) for v in ("v64", "v65", "v66", "v67", "v68"))
-                - min(_b(r, v) for v in ("v64", "v65", "v66", "v67", "v68"))
-                < 2.0
-            ),
-        ),
-    ],
-    "tf_scheduler": [
-        (
-            "inv_sigmoid beats always with the same plateau schedule: v72 > v70",
-            ["v70", "v72"],
-            lambda r: _b(r, "v72") > _b(r, "v70"),
-        ),
-        (
-            "plateau + inv_sigmoid (v72) is the best",
-            ["v70", "v71", "v72", "v73", "v74"],
-            lambda r: _b(r, "v72") == max(_b(r, v) for v in r),
-        ),
-        (
-            "the exponential schedule (v73) is the worst",
-            ["v70", "v71", "v72", "v73", "v74"],
-            lambda r: _b(r, "v73") == min(_b(r, v) for v in r),
-        ),
-    ],
+CLAIMS = Path(__file__).with_name("claims.yaml")
+# Shown per version, in this order (JSON holds every collected metric).
+SHOWN = {
+    "val.bleu4": "val BLEU-4",
+    "val.cider_d": "val CIDEr-D",
+    "test.object_f1": "test object F1",
+    TIME_METRIC: "train time (s)",
 }
+VAL_AT_BEST = ("bleu4", "cider_d", "object_f1")
+# Directional claims on val BLEU-4 are also checked on these (BLEU-4 rewards fluent templates).
+ALSO = ("val.cider_d", "test.object_f1")
 
 
-def collect(tracking_uri: str, experiment: str) -> dict[str, dict]:
-    """Latest finished child run per seed version: tags, best val BLEU-4 and that validation's scores."""
+def collect(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
+    """The latest finished child run per (version, seed): metrics at its best validation, test, time."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         raise SystemExit(f"error: no MLflow experiment {experiment!r} in {tracking_uri}; run the sweep first")
-    runs = client.search_runs(
-        [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["start_time DESC"]
+    found = client.search_runs(
+        [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"]
     )
-    rows: dict[str, dict] = {}
-    for run in runs:
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    for run in found:
         version = run.data.tags.get("seed_version")
-        if not version or version in rows:
-            continue
-        history = {
-            k: client.get_metric_history(run.info.run_id, f"val.{k}")
-            for k in ("bleu4", "cider_d", "object_f1")
+        if not version:
+            continue  # the study's parent run
+        seed = int(run.data.params.get("trainer.seed", 0))
+        if (version, seed) in runs:
+            continue  # an older run of the same point
+        rid = run.info.run_id
+        objective = run.data.params.get("trainer.early_stop.metric", "bleu4")
+        sign = -1.0 if run.data.params.get("trainer.early_stop.mode", "max") == "min" else 1.0
+        history = {k: client.get_metric_history(rid, f"val.{k}") for k in {objective, *VAL_AT_BEST}}
+        if not history[objective]:
+            continue  # no validation finished
+        # The loop keeps the first epoch that reached the best value (strictly better replaces).
+        validations = sorted(history[objective], key=lambda m: m.step)
+        best = max(validations, key=lambda m: sign * m.value)
+        metrics = {
+            f"val.{k}": next((m.value for m in history[k] if m.step == best.step), math.nan)
+            for k in VAL_AT_BEST
         }
-        if not history["bleu4"]:
-            continue
-        best = max(history["bleu4"], key=lambda m: m.value)
-        at = {k: next((m.value for m in h if m.step == best.step), math.nan) for k, h in history.items()}
-        rows[version] = {
+        metrics.update({k: v for k, v in run.data.metrics.items() if k.startswith("test.")})
+        epochs = client.get_metric_history(rid, "time.epoch_train_s")
+        metrics[TIME_METRIC] = math.fsum(m.value for m in epochs) if epochs else math.nan
+        runs[(version, seed)] = {
+            "version": version,
+            "seed": seed,
+            "run_id": rid,
+            "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
             "flags": run.data.tags.get("seed_flags", ""),
             "seed_bleu4": run.data.tags.get("seed_bleu4", "n/a"),
-            "scores": at,
-            "test": {
-                k.removeprefix("test."): v for k, v in run.data.metrics.items() if k.startswith("test.")
-            },
-            "run_id": run.info.run_id,
+            # "3 of 4": the best validation was the 3rd of 4 (the last one: still improving).
+            "best_validation": f"{validations.index(best) + 1} of {len(validations)}",
+            "start": run.info.start_time,
+            "end": run.info.end_time,
+            "metrics": metrics,
         }
-    return rows
+    return sorted(runs.values(), key=lambda r: (r["version"], r["seed"]))
 
 
-def report(group: str, scale: str, rows: dict[str, dict], out: Path) -> str:
-    """Write ``<out>.md``, ``<out>.json`` and ``<out>.png``; return the Markdown."""
-    scores = {v: row["scores"] for v, row in rows.items()}
+def values_of(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[int, float]]]:
+    """values[version][metric][seed]."""
+    out: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for r in runs:
+        for metric, value in r["metrics"].items():
+            if value is not None and math.isfinite(value):  # a metric the run did not log is no value
+                out[r["version"]][metric][r["seed"]] = float(value)
+    return out
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    if x is None or not math.isfinite(x):
+        return "–"
+    if x != 0 and abs(x) < 10 ** (-digits):
+        return f"{x:.1e}"  # 7.25e-08 must not read as 0.00
+    return f"{x:.{digits}f}"
+
+
+def _digits(metric: str) -> int:
+    return 3 if "object_f1" in metric else 1 if metric == TIME_METRIC else 2
+
+
+def _ci(i: Interval, digits: int) -> str:
+    if i.n == 0:
+        return "–"
+    if i.n < 2:
+        return f"{_fmt(i.mean, digits)} (1 seed)"
+    return f"{_fmt(i.mean, digits)} [{_fmt(i.low, digits)}, {_fmt(i.high, digits)}]"
+
+
+def summarize(
+    group: str, scale: str, runs: list[dict[str, Any]], claims_file: Path = CLAIMS
+) -> dict[str, Any]:
+    """Everything the report shows, as plain data: per-version intervals, per-claim verdicts, wall time."""
+    thresholds, baselines, claims = load_claims(OmegaConf.to_container(OmegaConf.load(claims_file)))
+    values = values_of(runs)
+    metrics = sorted({m for r in runs for m in r["metrics"]})
+    stats = summarize_versions(values, metrics)
+    baseline = baselines.get(group)
+    failures = competence_failures(values, baseline, thresholds) if baseline else []
+    judged: list[Judgement] = [judge(c, values, failures, ALSO) for c in claims if c.group == group]
+    first = {r["version"]: r for r in runs}
+    timed = [r for r in runs if r["start"] is not None and r["end"] is not None]
+    starts, ends = [r["start"] for r in timed], [r["end"] for r in timed]
+    return {
+        "group": group,
+        "scale": scale,
+        "statistics": "mean and 95% Student t-interval over seeds (scipy.stats.t); claims: per-seed "
+        "differences subject - other, their mean and 95% t-interval; MDE: (t_{0.975,n-1} + t_{0.8,n-1}) "
+        "* sd_diff / sqrt(n), the smallest true difference a paired t-test finds with 80% power",
+        "baseline": baseline,
+        "competence": {"thresholds": thresholds, "failures": failures},
+        "seeds": sorted({r["seed"] for r in runs}),
+        "versions": {
+            v: {
+                "flags": first[v]["flags"],
+                "seed_bleu4": first[v]["seed_bleu4"],
+                "metrics": {m: i.as_dict() for m, i in stats[v].items()},
+            }
+            for v in sorted(stats)
+        },
+        "claims": [j.as_dict() for j in judged],
+        "wall_time": {
+            "runs_s": math.fsum((r["end"] - r["start"]) / 1000 for r in timed),
+            "first_start_to_last_end_s": (max(ends) - min(starts)) / 1000 if starts and ends else math.nan,
+            "n_runs": len(runs),
+        },
+        "runs": runs,
+    }
+
+
+def markdown(s: dict[str, Any]) -> str:
+    """The report as Markdown."""
+    group, scale, w = s["group"], s["scale"], s["wall_time"]
+    seeds = s["seeds"]
     lines = [
         f"# Seed ablation `{group}` at scale `{scale}`",
         "",
-        "| version | seed flags | our val BLEU-4 | CIDEr-D | object F1 | seed BLEU-4 |",
-        "|---|---|---|---|---|---|",
+        f"{w['n_runs']} runs ({len(s['versions'])} versions x seeds {', '.join(map(str, seeds))}). "
+        f"Wall time of the group: {w['runs_s'] / 60:.1f} min of runs "
+        f"({w['first_start_to_last_end_s'] / 60:.1f} min from the first start to the last end).",
+        f"Command: `python train.py -m sweep={group} scale={scale}`, then "
+        f"`python sweeps/report.py --experiment sweep-{group}-{scale}`.",
+        "",
+        f"Statistics: {s['statistics']}. Verdicts: `holds` (the CI excludes 0 on the claimed side; for "
+        "'same within m': it lies inside +-m), `contradicted` (it excludes 0 on the other side; lies "
+        "outside +-m), `not distinguishable at n seeds` (otherwise).",
+        "",
     ]
-    for v in sorted(rows):
-        s = rows[v]["scores"]
-        lines.append(
-            f"| {v} | `{rows[v]['flags']}` | {s['bleu4']:.2f} | {s['cider_d']:.2f} | {s['object_f1']:.3f} | {rows[v]['seed_bleu4']} |"
+    comp = s["competence"]
+    rule = ", ".join(f"{k} >= {v:g}" for k, v in comp["thresholds"].items())
+    if comp["failures"]:
+        lines += [
+            f"**No verdict: baseline below competence** ({rule} for the baseline {s['baseline']}): "
+            + "; ".join(comp["failures"])
+            + ". Quality claims get no verdict; wall-time claims still do.",
+            "",
+        ]
+    else:
+        lines += [f"Baseline {s['baseline']} is competent ({rule}).", ""]
+    lines += [
+        "## Per version: mean [95% CI] over seeds",
+        "",
+        "| version | seed flags | n | " + " | ".join(SHOWN.values()) + " | seed's val BLEU-4 |",
+        "|---|---|---|" + "---|" * len(SHOWN) + "---|",
+    ]
+    for v, row in s["versions"].items():
+        stats = {m: Interval(**_interval_args(d)) for m, d in row["metrics"].items()}
+        n = max((i.n for i in stats.values()), default=0)
+        cells = [_ci(stats[m], _digits(m)) if m in stats else "–" for m in SHOWN]
+        lines.append(f"| {v} | `{row['flags']}` | {n} | " + " | ".join(cells) + f" | {row['seed_bleu4']} |")
+    lines += [
+        "",
+        "## Claims",
+        "",
+        "| claim | the seed says | compared | difference [95% CI] | MDE (80% power) | verdict | "
+        "same direction on val CIDEr-D | on test object F1 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for c in s["claims"]:
+        digits = _digits(c["metric"])
+        diffs = "<br>".join(
+            f"{p['subject']} - {p['other']}: {_ci(Interval(**_interval_args(p['diff'])), digits)}"
+            for p in c["pairs"]
         )
-    lines += ["", "| seed conclusion | holds here? |", "|---|---|"]
-    verdicts = []
-    for text, needs, check in CONCLUSIONS.get(group, []):
-        verdict = "not run" if any(v not in scores for v in needs) else ("yes" if check(scores) else "no")
-        verdicts.append({"conclusion": text, "holds": verdict})
-        lines.append(f"| {text} | {verdict} |")
-    md = "\n".join(lines) + "\n"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".md").write_text(md)
-    out.with_suffix(".json").write_text(
-        json.dumps({"group": group, "scale": scale, "rows": rows, "conclusions": verdicts}, indent=2)
-    )
-    _plot(group, scale, rows, out.with_suffix(".png"))
-    return md
+        mdes = "<br>".join(_fmt(p["mde"], digits) for p in c["pairs"])
+        seed = c["seed"] + (f" ({c['seed_numbers']})" if c["seed_numbers"] else "")
+        what = c["claim"] + (f"; {c['note']}" if c["note"] and c["pairs"] else "")
+        also = [c["also"].get(m, "–") for m in ALSO]
+        lines.append(
+            f"| {c['id']} | {seed} | {what} | {diffs or '–'} | {mdes or '–'} | **{c['verdict']}** | "
+            + " | ".join(also)
+            + " |"
+        )
+    lines += [
+        "",
+        "## Per seed",
+        "",
+        "| version | seed | best validation | " + " | ".join(SHOWN.values()) + " | MLflow run |",
+        "|---|---|---|" + "---|" * len(SHOWN) + "---|",
+    ]
+    for r in s["runs"]:
+        cells = [_fmt(r["metrics"].get(m, math.nan), _digits(m)) for m in SHOWN]
+        lines.append(
+            f"| {r['version']} | {r['seed']} | {r['best_validation']} | "
+            + " | ".join(cells)
+            + f" | {r['run_id'][:8]} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
-def _plot(group: str, scale: str, rows: dict[str, dict], path: Path) -> None:
+def _interval_args(d: dict[str, float]) -> dict[str, float]:
+    return {"n": int(d["n"]), "mean": d["mean"], "sd": d["sd"], "low": d["ci_low"], "high": d["ci_high"]}
+
+
+def plot(s: dict[str, Any], path: Path) -> None:
+    """Mean and 95% CI per version (error bars) over the per-seed points, one panel per metric."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    versions = sorted(rows)
-    ours = [rows[v]["scores"]["bleu4"] for v in versions]
-    seed = [
-        float(rows[v]["seed_bleu4"]) if rows[v]["seed_bleu4"] not in ("n/a", "") else math.nan
-        for v in versions
-    ]
-    x = range(len(versions))
-    fig, ax = plt.subplots(figsize=(1.1 * len(versions) + 2, 3.2))
-    ax.bar([i - 0.2 for i in x], ours, 0.4, label=f"ours ({scale}, val)")
-    ax.bar([i + 0.2 for i in x], seed, 0.4, label="seed (COCO subset)")
-    ax.set_xticks(list(x), versions)
-    ax.set_ylabel("BLEU-4")
-    ax.set_title(f"seed ablation: {group}")
-    ax.legend(fontsize=8)
+    versions = list(s["versions"])
+    metrics = [m for m in SHOWN if m != TIME_METRIC]
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4 + 1.2 * len(versions) * len(metrics) / 2, 3.4))
+    for ax, metric in zip(axes, metrics):
+        for x, v in enumerate(versions):
+            d = s["versions"][v]["metrics"].get(metric)
+            if d is None or d["n"] == 0:
+                continue
+            seeds = [r["metrics"].get(metric, math.nan) for r in s["runs"] if r["version"] == v]
+            ax.plot([x] * len(seeds), seeds, ".", color="0.6", zorder=1)
+            err = None if d["n"] < 2 else [[d["mean"] - d["ci_low"]], [d["ci_high"] - d["mean"]]]
+            ax.errorbar([x], [d["mean"]], yerr=err, fmt="o", color="C0", capsize=4, zorder=2)
+        if metric == "val.bleu4":
+            seed = [_float(s["versions"][v]["seed_bleu4"]) for v in versions]
+            ax.plot(range(len(versions)), seed, "x", color="C3", label="seed (COCO subset)")
+            ax.legend(fontsize=7)
+        ax.set_xlim(-0.5, len(versions) - 0.5)
+        ax.set_xticks(range(len(versions)), versions, rotation=45 if len(versions) > 5 else 0, fontsize=8)
+        ax.set_title(SHOWN[metric], fontsize=9)
+    n = len(s["seeds"])
+    fig.suptitle(
+        f"{s['group']} at {s['scale']}: mean and 95% CI over {n} seed(s) (grey: each seed)", fontsize=9
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
+def write(s: dict[str, Any], out: Path) -> list[Path]:
+    """Write ``<out>.md``, ``<out>.json`` and ``<out>.png``; return their paths."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    paths = [out.with_suffix(".md"), out.with_suffix(".json"), out.with_suffix(".png")]
+    paths[0].write_text(markdown(s))
+    paths[1].write_text(json.dumps(s, indent=1, allow_nan=True) + "\n")
+    plot(s, paths[2])
+    return paths
+
+
+def log_to_parent(tracking_uri: str, s: dict[str, Any], files: list[Path]) -> str | None:
+    """Put the report on the study's MLflow parent run: files, per-version mean/CI metrics, verdict tags."""
+    from mlflow.entities import Metric, RunTag
+    from mlflow.tracking import MlflowClient
+
+    latest = max(s["runs"], key=lambda r: r["start"] or 0, default=None)
+    parent = latest and latest["parent_run_id"]
+    if not parent:
+        return None
+    client = MlflowClient(tracking_uri=tracking_uri)
+    metrics: dict[str, float] = {}
+    for v, row in s["versions"].items():
+        for m, d in row["metrics"].items():
+            if m not in SHOWN:
+                continue  # a column per version and shown metric is what the UI can compare
+            key = f"{v}.{m.replace('.', '_', 1)}"  # v42.val_bleu4.mean: one column per version and metric
+            metrics.update(
+                {f"{key}.mean": d["mean"], f"{key}.ci_low": d["ci_low"], f"{key}.ci_high": d["ci_high"]}
+            )
+        metrics[f"{v}.n_seeds"] = max((d["n"] for d in row["metrics"].values()), default=0)
+        metrics[f"{v}.seed_bleu4"] = _float(row["seed_bleu4"])
+    for c in s["claims"]:
+        for p in c["pairs"]:
+            key = f"claim.{c['id']}.{p['other']}"
+            metrics.update({f"{key}.diff": p["diff"]["mean"], f"{key}.ci_low": p["diff"]["ci_low"]})
+            metrics[f"{key}.ci_high"] = p["diff"]["ci_high"]
+    metrics["group.wall_time_s"] = s["wall_time"]["runs_s"]
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(v)]
+    tags = [RunTag(f"claim.{c['id']}", c["verdict"][:5000]) for c in s["claims"]]
+    for i in range(0, len(batch), 1000):  # MLflow's batch limit
+        client.log_batch(parent, metrics=batch[i : i + 1000])
+    client.log_batch(parent, tags=tags)
+    for path in files:
+        client.log_artifact(parent, str(path), artifact_path="report")
+    return parent
 
 
 def main() -> None:
@@ -232,9 +353,24 @@ def main() -> None:
         "--out", default=None, help="output path without suffix (default sweeps/results/<group>_<scale>)"
     )
     args = p.parse_args()
-    _, group, scale = args.experiment.split("-", 2)
-    out = Path(args.out or f"sweeps/results/{group}_{scale}")
-    print(report(group, scale, collect(args.tracking_uri, args.experiment), out))
+    parts = args.experiment.split("-", 2)
+    if len(parts) != 3 or parts[0] != "sweep":
+        raise SystemExit(
+            f"error: --experiment {args.experiment!r} is not sweep-<group>-<scale>; see `make report`"
+        )
+    _, group, scale = parts
+    runs = collect(args.tracking_uri, args.experiment)
+    if not runs:
+        raise SystemExit(
+            f"error: experiment {args.experiment!r} has no finished trial; run or resume the sweep"
+        )
+    s = summarize(group, scale, runs)
+    files = write(s, Path(args.out or f"sweeps/results/{group}_{scale}"))
+    parent = log_to_parent(args.tracking_uri, s, files)
+    print(markdown(s))
+    print(
+        f"wrote {', '.join(map(str, files))}" + (f"; logged to MLflow parent run {parent}" if parent else "")
+    )
 
 
 if __name__ == "__main__":

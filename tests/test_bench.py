@@ -94,10 +94,27 @@ def test_quality_table_takes_frozen_and_finetuned_rows_from_the_sweep(tmp_path):
 
     from captioner.errors import ConfigError
 
-    result = BENCH.parent / "sweeps" / "results" / "pretrain_finetune_cpu.json"
+    def stats(*values: float) -> dict:
+        return {"n": len(values), "mean": sum(values) / len(values), "sd": 0.1, "ci_low": 0.0, "ci_high": 1.0}
+
+    # A sweeps/report.py JSON: per version, mean and CI over seeds of each metric.
+    result = tmp_path / "pretrain_finetune_cpu.json"
+    versions = {
+        "v19": {
+            "flags": "--pretrained --decoder_lr=4e-3",
+            "metrics": {"test.bleu4": stats(37.0, 38.0), "test.object_f1": stats(0.3, 0.4)},
+        },
+        "v21": {
+            "flags": "--pretrained --encoder_finetune",
+            "metrics": {"test.bleu4": stats(24.0, 25.0), "test.object_f1": stats(0.4, 0.5)},
+        },
+    }
+    result.write_text(json.dumps({"group": "pretrain_finetune", "scale": "cpu", "versions": versions}))
     rows = sweep_rows(str(result), ["v19", "v21"])
     assert [r["run"].split()[0] for r in rows] == ["v19", "v21"]
     assert "--encoder_finetune" in rows[1]["run"] and "--encoder_finetune" not in rows[0]["run"]
+    assert "(mean of 2 seeds)" in rows[0]["run"]
+    assert rows[0]["object_f1"] == pytest.approx(0.35) and rows[1]["bleu4"] == pytest.approx(24.5)
     assert all(r["split"] == "test" and 0 <= r["object_f1"] <= 1 and r["target"] for r in rows)
     with pytest.raises(ConfigError, match="v99"):
         sweep_rows(str(result), ["v99"])

@@ -22,6 +22,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
             "captioner.data",
             "captioner.model",
             "captioner.metrics",
+            "captioner.ablation",
             "captioner.viz",
             "captioner.tracking",
             "captioner.progress",

@@ -397,3 +397,14 @@ def test_killed_training_trial_resumes_from_its_last_checkpoint(tmp_path: Path) 
     assert torch.load(last, weights_only=True)["progress"]["epoch"] == 3  # finished in the old folder
     assert (tmp_path / "multirun" / "0" / "metrics.json").exists()
     assert not (tmp_path / "multirun" / "1" / "last.pt").exists()
+
+
+def test_null_n_trials_runs_the_whole_grid_and_needs_a_grid(tmp_path: Path) -> None:
+    # 3 x 3 points; the app's n_trials (6) would stop early.
+    proc = run_sweep(tmp_path, GRID, "hydra.sweeper.n_trials=null", "x=choice(0,1,2)")
+    assert proc.returncode == 0, proc.stderr
+    assert len(by_state(load(tmp_path), TrialState.COMPLETE)) == 9
+    (tmp_path / "tpe").mkdir()
+    bad = run_sweep(tmp_path / "tpe", "hydra.sweeper.n_trials=null")
+    assert bad.returncode != 0
+    assert "hydra.sweeper.n_trials: null (the whole grid) needs sampler=grid; set a number" in bad.stderr

@@ -113,6 +113,16 @@ class PathsConfig:
 
 
 @dataclass
+class SweepConfig:
+    """Replication of a seed-ablation sweep (``sweeps/sweep/*.yaml`` read it)."""
+
+    # Seeds per version: the group's grid runs trainer.seed = 0 .. seeds-1 for every version, and
+    # sweeps/report.py turns them into confidence intervals. 3 is the fewest for a t-interval with
+    # a usable width; sweeps/scale/smoke.yaml lowers it.
+    seeds: int = 3
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     data: Any = MISSING
@@ -125,6 +135,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     decode: Any = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def signature_schema(fn: Callable[..., Any], name: str, exclude: tuple[str, ...] = ()) -> type:

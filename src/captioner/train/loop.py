@@ -207,6 +207,10 @@ def train(
                         },
                         step=progress.step,
                     )
+            # Wall time of the epoch's training steps (not validation, not the feature cache):
+            # what the seed's speed claims compare (bucket sampler, encoder_dim). MLflow only:
+            # metrics.json stays deterministic.
+            tracker.log_metrics({"time.epoch_train_s": time.perf_counter() - started}, step=progress.step)
             scheduler.step_epoch()
             progress.epoch = epoch + 1
             train_loss = all_reduce_mean(running, dist_info)

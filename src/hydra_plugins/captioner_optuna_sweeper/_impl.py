@@ -331,7 +331,7 @@ class OptunaSweeperImpl:
         direction: Any,
         study_name: str | None,
         storage: str | None,
-        n_trials: int,
+        n_trials: int | None,
         n_jobs: int,
         params: DictConfig | None,
         custom_search_space: str | None,
@@ -342,7 +342,10 @@ class OptunaSweeperImpl:
         directions = [direction] if isinstance(direction, str) else list(direction)
         for d in directions:
             require(d in DIRECTIONS, f"hydra.sweeper.direction: {d!r} is not one of {DIRECTIONS}; pick one")
-        require(n_trials >= 1, f"hydra.sweeper.n_trials: {n_trials} must be >= 1")
+        require(
+            n_trials is None or n_trials >= 1,
+            f"hydra.sweeper.n_trials: {n_trials} must be >= 1 (null: the whole grid)",
+        )
         require(n_jobs >= 1, f"hydra.sweeper.n_jobs: {n_jobs} must be >= 1")
         require(
             heartbeat_interval is None or heartbeat_interval >= 1,
@@ -458,7 +461,13 @@ class OptunaSweeperImpl:
         """Run trials until the study holds `n_trials` finished ones or this run's budget is spent."""
         space, fixed = parse_search_space(self._overrides(arguments))
         grid = Grid(space, self.sampler_seed) if self.is_grid else None
-        n_trials = min(self.n_trials, len(grid.points)) if grid is not None else self.n_trials
+        n_trials = self.n_trials
+        if grid is not None:  # null: the whole grid (e.g. versions x seeds, whatever their number)
+            n_trials = len(grid.points) if n_trials is None else min(n_trials, len(grid.points))
+        require(
+            n_trials is not None,
+            "hydra.sweeper.n_trials: null (the whole grid) needs sampler=grid; set a number",
+        )
         study = self._study(arguments, space)
         locks, lock = lock_folder(self.storage_url), None
         if locks is not None:

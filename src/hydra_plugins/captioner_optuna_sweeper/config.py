@@ -75,7 +75,8 @@ class OptunaSweeperConf:
     # null: in-memory study (no resume, no sharing between workers).
     storage: str | None = "sqlite:///${hydra.runtime.cwd}/multirun/optuna.db"
     # Total finished (complete or pruned) trials the study should reach, over all runs and workers.
-    n_trials: int = 20
+    # null: every point of the grid (grid sampler only).
+    n_trials: int | None = 20
     # Trials asked per batch and handed to the launcher at once (parallel with joblib/submitit).
     n_jobs: int = 1
     # Search space in Hydra's override grammar: choice(a,b), range(1,5), interval(0.1,1.0),

@@ -37,7 +37,7 @@ class OptunaSweeper(Sweeper):
         direction: Any,
         study_name: str | None,
         storage: str | None,
-        n_trials: int,
+        n_trials: int | None,
         n_jobs: int,
         params: DictConfig | None,
         custom_search_space: str | None,

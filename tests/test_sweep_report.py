@@ -1,0 +1,135 @@
+"""sweeps/report.py on a synthetic sweep in a temporary MLflow store: per-seed runs in, verdicts, files and parent metrics out."""
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _report_module():
+    spec = importlib.util.spec_from_file_location("sweep_report", REPO / "sweeps" / "report.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+report = _report_module()
+
+# Known per-seed results: v17 beats v15 by 2 +- 0.1, v16 is v15 +- 0.1, both above competence.
+BLEU = {"v15": [30.0, 31.0, 29.5], "v16": [30.1, 30.9, 29.5], "v17": [32.0, 33.1, 31.4]}
+F1 = {"v15": [0.90, 0.91, 0.92], "v16": [0.90, 0.92, 0.91], "v17": [0.95, 0.96, 0.97]}
+
+
+def _sweep(client, experiment: str, bleu: dict, f1: dict) -> str:
+    """A parent run and one child per version x seed, logged as the training loop logs them."""
+    from mlflow.entities import Metric
+
+    exp = client.create_experiment(experiment)
+    parent = client.create_run(exp, run_name="study", tags={"sweep.parent": "study-1"}).info.run_id
+    client.set_terminated(parent)
+    for version, values in bleu.items():
+        for seed, value in enumerate(values):
+            tags = {
+                "seed_version": version,
+                "seed_flags": f"--{version}",
+                "seed_bleu4": "n/a",
+                "mlflow.parentRunId": parent,
+            }
+            rid = client.create_run(exp, run_name=f"{version}-s{seed}", tags=tags).info.run_id
+            client.log_param(rid, "trainer.seed", seed)
+            # Two validations; the best is the first (value), the second is worse.
+            metrics = [
+                Metric("val.bleu4", value, 0, 10),
+                Metric("val.cider_d", 10 * value, 0, 10),
+                Metric("val.object_f1", f1[version][seed], 0, 10),
+                Metric("val.bleu4", value - 1, 0, 20),
+                Metric("val.cider_d", 0.0, 0, 20),
+                Metric("val.object_f1", 0.0, 0, 20),
+                Metric("test.object_f1", f1[version][seed], 0, 0),
+                Metric("time.epoch_train_s", 5.0 + seed, 0, 10),
+                Metric("time.epoch_train_s", 5.0, 0, 20),
+            ]
+            client.log_batch(rid, metrics=metrics)
+            client.set_terminated(rid)
+    return parent
+
+
+@pytest.mark.slow  # a fresh MLflow SQLite store: ~10-30 s of schema migrations
+def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    parent = _sweep(client, "sweep-optim_dropout-cpu", BLEU, F1)
+
+    runs = report.collect(uri, "sweep-optim_dropout-cpu")
+    assert [(r["version"], r["seed"]) for r in runs] == [(v, s) for v in BLEU for s in range(3)]
+    first = runs[0]["metrics"]
+    assert (
+        first["val.bleu4"] == 30.0 and first["val.cider_d"] == 300.0
+    )  # at the best validation, not the last
+    assert first["time.train_s"] == 10.0 and runs[0]["best_validation"] == "1 of 2"
+
+    s = report.summarize("optim_dropout", "cpu", runs)
+    claims = {c["id"]: c for c in s["claims"]}
+    assert claims["adamw_same_as_adam"]["verdict"] == "holds"  # v16 - v15 CI inside +-1
+    assert claims["more_dropout_helps"]["verdict"] == "holds"
+    assert claims["more_dropout_helps"]["also"] == {"val.cider_d": "holds", "test.object_f1": "holds"}
+    v17 = s["versions"]["v17"]["metrics"]["val.bleu4"]
+    assert v17["n"] == 3 and v17["mean"] == pytest.approx(32.1666667)
+
+    files = report.write(s, tmp_path / "results" / "optim_dropout_cpu")
+    md = files[0].read_text()
+    assert "| more_dropout_helps |" in md and "**holds**" in md and "Baseline v15 is competent" in md
+    assert json.loads(files[1].read_text())["claims"][0]["id"] == "adamw_same_as_adam"
+    assert files[2].stat().st_size > 1000
+
+    assert report.log_to_parent(uri, s, files) == parent
+    logged = client.get_run(parent).data
+    assert logged.metrics["v17.val_bleu4.mean"] == pytest.approx(v17["mean"])
+    assert logged.metrics["v17.val_bleu4.ci_low"] == pytest.approx(v17["ci_low"])
+    assert logged.metrics["v17.n_seeds"] == 3
+    assert not any(k.startswith("v17.val_object_f1") for k in logged.metrics)  # only the shown metrics
+    assert logged.tags["claim.more_dropout_helps"] == "holds"
+    assert {a.path for a in client.list_artifacts(parent, "report")} == {
+        f"report/optim_dropout_cpu.{x}" for x in ("md", "json", "png")
+    }
+
+
+def test_report_refuses_verdicts_below_competence(tmp_path: Path) -> None:
+    smoke = {v: [7.2e-8, 8.0e-8] for v in ("x_base", "x_lstm2", "x_att_gamma2", "x_no_bucket")}
+    zero = {v: [0.0, 0.0] for v in smoke}
+    runs = [
+        {
+            "version": v,
+            "seed": seed,
+            "run_id": f"{v}{seed}" * 4,
+            "parent_run_id": None,
+            "flags": "",
+            "seed_bleu4": "n/a",
+            "best_validation": "1 of 1",
+            "start": 0,
+            "end": 1000,
+            "metrics": {
+                "val.bleu4": smoke[v][seed],
+                "test.object_f1": zero[v][seed],
+                # the bucket sampler's runs are faster by 2 s on each seed
+                "time.train_s": (10.0 if v == "x_base" else 12.0) + seed,
+            },
+        }
+        for v in smoke
+        for seed in range(2)
+    ]
+    s = report.summarize("extra_claims", "smoke", runs)
+    md = report.markdown(s)
+    assert "**No verdict: baseline below competence**" in md and "x_base val.bleu4 mean 7.6e-08 < 1" in md
+    claims = {c["id"]: c["verdict"] for c in s["claims"]}
+    assert claims["att_gamma_2_worse"].startswith("no verdict: baseline below competence")
+    assert claims["bucket_sampler_saves_time"] == "holds"  # wall time needs no competence
+    assert claims["glove_vs_random_embeddings"].startswith("not tested: needs GloVe vectors")
+    assert "7.2e-08" in md  # tiny numbers keep their exponent
+    assert math.isclose(s["wall_time"]["runs_s"], 8.0)
