@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader
 from captioner.data.records import (
     IMAGES_INDEX,
     content_hash,
-    read_annotations,
+    load_annotations,
     read_json,
     read_manifest,
     write_json_atomic,
@@ -102,7 +102,7 @@ class FeatureCache:
             "encoder": encoder_key,
             "image_size": image_size,
             "transform": repr(self.transform),
-            "data": manifest.get("content_hash") or content_hash(read_annotations(self.root)),
+            "data": manifest.get("content_hash") or content_hash(list(load_annotations(self.root).values())),
             "images": hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else None,
         }
         blob = json.dumps(self.key_fields, sort_keys=True, default=str).encode()
@@ -177,7 +177,7 @@ class FeatureCache:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        write_json_atomic(self.folder / f"{split}.ids.json", [r.id for r in dataset.records])
+        write_json_atomic(self.folder / f"{split}.ids.json", dataset.image_ids.tolist())
         # meta.json last: only now does this split count as cached.
         splits = sorted(set(self.done_splits()) | {split})
         write_json_atomic(self.folder / META, {"key": self.key, **self.key_fields, "splits": splits})

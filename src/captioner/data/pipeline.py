@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from captioner.data.features import FeatureCache, FeatureReader
 from captioner.data.loaders import build_loaders
-from captioner.data.records import MANIFEST, read_annotations, read_manifest
+from captioner.data.records import MANIFEST, load_annotations, read_manifest
 from captioner.data.store import ImageStore
 from captioner.data.vocab import Vocab
 from captioner.errors import DataError
@@ -140,7 +140,7 @@ def build_data(
     cached = uses_feature_cache(config)
     features = None
     if cached:
-        splits = sorted({r.split for r in read_annotations(root)})
+        splits = load_annotations(root).splits
         features = cached_features(root, config, model.encoder, splits, device, dist_info)
     augment = config["data"]["augment"]
     if cached:  # cached features are of un-augmented images
