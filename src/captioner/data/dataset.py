@@ -21,10 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torch.utils.data import Dataset
 
 from captioner.data.records import Annotations, ImageRecord, load_annotations, read_manifest
 from captioner.data.store import ImageStore
+from captioner.data.transforms import TrainTransform
 from captioner.data.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocab
 from captioner.errors import DataError, require
 
@@ -105,6 +107,11 @@ class _ImageSource:
     def load(self, image_id: str, flip: bool = False) -> tuple[str, torch.Tensor]:
         if self.features is not None:
             return "features", self.features[image_id].float()
+        if isinstance(self.transform, TrainTransform):  # it works on PIL (see captioner.data.transforms)
+            image = self.store.pil(image_id)
+            if flip:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            return "image", self.transform(image)
         image = self.store.tensor(image_id)
         if flip:
             image = TF.hflip(image)
@@ -148,7 +155,9 @@ class CaptionDataset(Dataset):
         per_image = np.diff(self.annotations.image_starts)[rows]
         first = np.repeat(np.cumsum(per_image) - per_image, per_image)
         j = np.arange(int(per_image.sum())) - first
-        self.pairs = np.stack([np.repeat(np.arange(len(rows)), per_image), j], axis=1)  # (record i, caption j)
+        self.pairs = np.stack(
+            [np.repeat(np.arange(len(rows)), per_image), j], axis=1
+        )  # (record i, caption j)
         self.captions = np.repeat(self.annotations.image_starts[rows], per_image) + j  # global caption index
         # Ids are encoded up front so the sampler has lengths.
         self._ids, self._id_starts = encode_captions(self.annotations, self.captions, vocab, max_len)

@@ -76,7 +76,14 @@ def content_hash(records: list[ImageRecord]) -> str:
 
 def _record_json(r: ImageRecord) -> str:
     # Field by field rather than dataclasses.asdict, which deep-copies every caption and token list.
-    obj = {"id": r.id, "split": r.split, "file": r.file, "captions": r.captions, "tokens": r.tokens, "meta": r.meta}
+    obj = {
+        "id": r.id,
+        "split": r.split,
+        "file": r.file,
+        "captions": r.captions,
+        "tokens": r.tokens,
+        "meta": r.meta,
+    }
     return json.dumps(obj)
 
 
