@@ -10,7 +10,7 @@ import torch
 from test_dataset import make_prepared, two_tone
 
 from captioner.data.dataset import CaptionDataset
-from captioner.data.transforms import RandomHueRotate, build_eval_transform, build_train_transform
+from captioner.data.transforms import RandomHueRotate, as_float, build_eval_transform, build_train_transform
 from captioner.data.vocab import Vocab
 from captioner.errors import ConfigError
 
@@ -31,7 +31,9 @@ def test_outputs_float_unit_range_square(source):
     )
     for transform in (heavy, build_eval_transform(32)):
         out = transform(image)
-        assert type(out) is torch.Tensor and out.dtype == torch.float32 and out.shape == (3, 32, 32)
+        assert (
+            type(out) is torch.Tensor and out.dtype == torch.float32 and out.shape == (3, 32, 32)
+        )  # noise: float
         assert 0.0 <= out.min() and out.max() <= 1.0
 
 
@@ -61,12 +63,14 @@ def test_hflip_flips_image_and_swaps_left_right_words(tmp_path):
     transform = build_train_transform(32, hflip=1.0, **NO_AUG)
     ds = CaptionDataset(tmp_path, "train", vocab, transform=transform, flip_words=swap_left_right)
     item = ds[0]
-    assert item["image"][2, :, :16].mean() > 0.99 and item["image"][0, :, 16:].mean() > 0.99  # blue now left
+    assert item["image"].dtype == torch.uint8  # a quarter of float32's bytes between processes
+    image = as_float(item["image"])
+    assert image[2, :, :16].mean() > 0.99 and image[0, :, 16:].mean() > 0.99  # blue now left
     assert vocab.decode(item["caption"].tolist()) == ["red", "right", "blue", "left"]
     transform = build_train_transform(32, hflip=0.0, **NO_AUG)
     ds = CaptionDataset(tmp_path, "train", vocab, transform=transform, flip_words=swap_left_right)
     assert vocab.decode(ds[0]["caption"].tolist()) == ["red", "left", "blue", "right"]
-    assert ds[0]["image"][0, :, :16].mean() > 0.99
+    assert as_float(ds[0]["image"])[0, :, :16].mean() > 0.99
 
 
 def test_hflip_on_other_datasets_keeps_words(tmp_path):
@@ -74,7 +78,7 @@ def test_hflip_on_other_datasets_keeps_words(tmp_path):
     ds = CaptionDataset(tmp_path, "train", vocab, transform=build_train_transform(32, hflip=1.0, **NO_AUG))
     assert ds.flip_words is None
     item = ds[0]
-    assert item["image"][2, :, :16].mean() > 0.99
+    assert as_float(item["image"])[2, :, :16].mean() > 0.99
     assert vocab.decode(item["caption"].tolist()) == ["red", "left", "blue", "right"]
 
 
@@ -119,8 +123,9 @@ def test_default_jitter_is_mild_and_centred_on_the_input():
     plain = build_eval_transform(32)(image)
     torch.manual_seed(0)
     transform = build_train_transform(32, hflip=0.0, crop_scale_min=1.0)
-    outs = torch.stack([transform(image) for _ in range(200)])
-    assert outs.dtype == torch.float32 and outs.shape[1:] == (3, 32, 32)
+    assert transform(image).dtype == torch.uint8
+    outs = torch.stack([as_float(transform(image)) for _ in range(200)])
+    assert outs.shape[1:] == (3, 32, 32)
     means = outs.mean(dim=(2, 3))
     assert (means - plain.mean(dim=(1, 2))).abs().max() < 0.15
     assert (means.mean(0) - plain.mean(dim=(1, 2))).abs().max() < 0.02
@@ -135,3 +140,10 @@ def test_train_transform_gives_the_same_image_from_a_tensor_or_pil():
     a = transform(pil)
     torch.manual_seed(3)
     assert torch.equal(a, transform(tensor))
+
+
+def test_as_float_scales_uint8_to_unit_range_and_keeps_float():
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.allclose(as_float(x), x.float() / 255) and as_float(x).max() == 1.0
+    f = torch.rand(2, 3)
+    assert torch.equal(as_float(f), f) and as_float(f.half()).dtype == torch.float32

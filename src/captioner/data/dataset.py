@@ -2,7 +2,7 @@
 
 Items are dicts; :func:`collate_captions` / :func:`collate_images` stack them into batches::
 
-    train batch: images (B,3,S,S) float [0,1]  | features (B,h,w,D) float32
+    train batch: images (B,3,S,S) uint8 after a TrainTransform, else float [0,1] (see transforms.as_float)
                  captions (B,T) long, PAD_ID=0 after <end>;  lengths (B,) = ids incl. <start>/<end>
                  image_ids list[str];  indices (B,) pair index into the dataset
     eval batch:  images | features;  image_ids;  indices
