@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hydra import compose, initialize_config_dir
 from test_dataset import make_prepared
 from test_train import REPO, fast_overrides, shapes_data  # noqa: F401 - shapes_data is a fixture
@@ -25,19 +26,50 @@ def counting_parser(monkeypatch) -> list[Path]:
     return calls
 
 
-def test_a_training_start_reads_the_annotations_once(shapes_data, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.slow  # two short trainings' worth of start-up (~20 s idle, minutes on a busy machine)
+def test_a_cache_built_ahead_is_what_training_reads_and_training_reads_annotations_once(
+    shapes_data,  # noqa: F811 - a fixture
+    tmp_path,
+    monkeypatch,
+    capsys,
+):
+    from captioner.cache import build_cache, main
     from captioner.config import register
+    from captioner.data.features import FeatureCache
     from captioner.train.loop import train
 
+    overrides = [*fast_overrides(shapes_data, tmp_path / "run"), "trainer.epochs=1"]
+    folder = build_cache(overrides)
+    assert "feature cache ready" in capsys.readouterr().out
+    calls = counting_parser(monkeypatch)  # forgets what build_cache parsed: a new process, in effect
+    monkeypatch.setattr(FeatureCache, "_compute", lambda *a: pytest.fail("training encoded images again"))
     register()
-    calls = counting_parser(monkeypatch)
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
-        cfg = compose(
-            "config", overrides=[*fast_overrides(shapes_data, tmp_path / "run"), "trainer.epochs=1"]
-        )
+        cfg = compose("config", overrides=overrides)
     monkeypatch.setattr("sys.argv", ["train.py"])
     train(cfg, tmp_path / "run")
     assert len(calls) == 1, calls  # loop, setup, every split's dataset, loaders, cache, evaluation
+    assert folder.is_dir()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*overrides, "encoder.finetune=true"])
+    assert exit_info.value.code == 2 and "nothing to cache" in capsys.readouterr().err
+
+
+def test_loaders_and_feature_cache_share_one_parse(tmp_path, monkeypatch):
+    from test_features import KEY, CountingEncoder
+
+    from captioner.data.features import FeatureCache
+    from captioner.data.loaders import build_loaders
+
+    vocab = make_prepared(tmp_path, {"train": 3, "val": 2, "test": 1})
+    calls = counting_parser(monkeypatch)
+    splits = load_annotations(tmp_path).splits
+    reader = FeatureCache(tmp_path, KEY, image_size=16).ensure(CountingEncoder(), splits, progress=False)
+    off = {"hflip": 0.0, "color_jitter": 0.0, "crop_scale_min": 1.0}
+    train, evals = build_loaders(tmp_path, vocab, 2, image_size=16, features=reader, augment=off)
+    build_loaders(tmp_path, vocab, 2, image_size=16)
+    assert sorted(evals) == ["test", "val"] and next(iter(train))["features"].shape[0] == 2
+    assert len(calls) == 1
 
 
 def test_a_rewritten_file_is_read_again(tmp_path, monkeypatch):
