@@ -148,13 +148,16 @@ def _loaders(root: Path, workers: int):
 
 def stage_first_batch(args: argparse.Namespace) -> dict:
     """What a training start does before step 1 (data side): vocab, annotations, loaders, one batch."""
+    start = time.perf_counter()
+    import captioner.data.loaders  # noqa: F401 - imports apart: on a busy machine they take seconds
     from captioner.data.store import ImageStore
 
+    imports = time.perf_counter() - start
     start = time.perf_counter()
     train, _ = _loaders(args.out, 2)
     ImageStore(args.out)  # the loop keeps one for figures
     batch = next(iter(train))
-    return {"time_s": time.perf_counter() - start, "batch": list(batch["images"].shape)}
+    return {"time_s": time.perf_counter() - start, "import_s": imports, "batch": list(batch["images"].shape)}
 
 
 def stage_loader(args: argparse.Namespace) -> dict:
@@ -346,6 +349,7 @@ def main() -> None:
         ("kind", "data"),
         ("n", "N"),
         ("time_s", "time s"),
+        ("import_s", "imports s"),
         ("wall_s", "process s"),
         ("peak_rss_mb", "tree RSS MB"),
         ("peak_pss_mb", "tree PSS MB"),

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm import tqdm
 
 from captioner.data.formats import PARSERS, RawCaption, parse
 from captioner.data.records import (
@@ -38,6 +37,7 @@ from captioner.data.records import (
 from captioner.data.store import ImageStoreWriter
 from captioner.data.vocab import SPECIALS, Vocab, tokenize
 from captioner.errors import ConfigError, DataError, require
+from captioner.progress import log_line, progress
 
 ON_MISSING = ("error", "skip")
 ON_BAD = ("error", "skip")
@@ -180,14 +180,14 @@ def _write_images(
             state = writer.state = writer.state or {"tasks": 0, "bad": []}
             start = state["tasks"]
             if start:
-                print(f"resuming the image store after {start} of {len(tasks)} images")
+                log_line(f"resuming the image store after {start} of {len(tasks)} images")
             for image_id, reason, detail in state["bad"]:
                 _report_bad(skips, image_root, image_id, reason, detail, max_pixels)
             todo = tasks[start:]
             results = pool.map(_resize_one, todo, chunksize=16) if pool else map(_resize_one, todo)
             last = time.monotonic()
-            for image_id, data, width, height, reason, detail in tqdm(
-                results, total=len(tasks), initial=start, desc="resize images", unit="img", disable=None
+            for image_id, data, width, height, reason, detail in progress(
+                results, total=len(tasks), initial=start, desc="resize images", unit="img"
             ):
                 if reason is not None:
                     _report_bad(skips, image_root, image_id, reason, detail, max_pixels)
