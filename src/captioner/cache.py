@@ -22,10 +22,12 @@ from captioner.errors import CaptionerError, ConfigError
 def build_cache(overrides: Sequence[str]) -> Path:
     """Compose the training config with ``overrides`` and fill its feature cache; returns the cache folder."""
     from captioner.data.features import FeatureReader
+    from captioner.data.pipeline import build_data, ensure_prepared
     from captioner.data.vocab import Vocab
-    from captioner.train.distributed import SINGLE
+    from captioner.model.build import build_model
+    from captioner.runtime.device import resolve_device
+    from captioner.runtime.distributed import SINGLE
     from captioner.train.loop import seed_everything
-    from captioner.train.setup import build_data, build_model, ensure_prepared, resolve_device
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
