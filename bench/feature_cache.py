@@ -27,6 +27,7 @@ from captioner.data.features import FeatureCache
 from captioner.data.loaders import build_loaders
 from captioner.data.pipeline import NO_AUGMENT
 from captioner.data.shapes import generate_dataset
+from captioner.data.transforms import as_float
 from captioner.data.vocab import Vocab
 from captioner.model.build import build_model
 from captioner.model.encoder import pretrained_weights
@@ -63,7 +64,7 @@ def train_epoch(model: torch.nn.Module, loader, optimizer, cached: bool) -> tupl
     start = time.perf_counter()
     for batch in loader:
         captions = batch["captions"]
-        out = model(batch[key].float(), captions, teacher_forcing=1.0, features=cached)
+        out = model(as_float(batch[key]), captions, teacher_forcing=1.0, features=cached)
         loss, _ = caption_loss(out, captions, smoothing=0.1)
         loss.backward()
         clip_gradients(model.parameters(), "norm", 5.0)

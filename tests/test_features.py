@@ -100,3 +100,63 @@ def test_fine_tuned_encoder_cannot_be_cached(prepared):
     encoder.scale.requires_grad_(True)  # refused even though this key's cache already exists
     with pytest.raises(ConfigError, match="trainable"):
         FeatureCache(root, KEY, image_size=16).ensure(encoder, "val", progress=False)
+
+
+class Interrupt(Exception):
+    """Stands in for a kill during encoding."""
+
+
+def test_interrupted_build_resumes_and_equals_an_uninterrupted_one(tmp_path):
+    root = tmp_path / "data"
+    make_prepared(root, {"train": 7, "val": 1})
+    whole = FeatureCache(root, KEY, image_size=16)
+    whole.ensure(CountingEncoder(), "train", batch_size=2, progress=False)
+    expected = (whole.folder / "train.npy").read_bytes()
+    (whole.folder / "train.npy").unlink()
+    (whole.folder / META).unlink()
+
+    class Dies(CountingEncoder):
+        def forward(self, images):
+            if self.calls == 2:
+                raise Interrupt
+            return super().forward(images)
+
+    cache = FeatureCache(root, KEY, image_size=16)
+    with pytest.raises(Interrupt):
+        cache.ensure(Dies(), "train", batch_size=2, progress=False)
+    assert cache.done_splits() == [] and not (cache.folder / "train.npy").exists()
+    encoder = CountingEncoder()
+    reader = cache.ensure(encoder, "train", batch_size=2, progress=True)
+    assert encoder.calls == 2  # batches 3 and 4 of 4: the first two were kept
+    assert (cache.folder / "train.npy").read_bytes() == expected
+    assert len(reader) == 7 and sorted(p.name for p in cache.folder.iterdir()) == [
+        "meta.json",
+        "train.ids.json",
+        "train.npy",
+    ]
+
+
+def test_resume_with_another_batch_size_starts_over(tmp_path):
+    make_prepared(tmp_path, {"train": 5})
+    cache = FeatureCache(tmp_path, KEY, image_size=16)
+
+    class Dies(CountingEncoder):
+        def forward(self, images):
+            if self.calls == 1:
+                raise Interrupt
+            return super().forward(images)
+
+    with pytest.raises(Interrupt):
+        cache.ensure(Dies(), "train", batch_size=2, progress=False)
+    encoder = CountingEncoder()
+    cache.ensure(encoder, "train", batch_size=4, progress=False)
+    assert encoder.calls == 2  # all 5 images again, in batches of 4
+
+
+def test_progress_without_a_terminal_prints_size_and_eta_lines(prepared, capsys, caplog):
+    root, _ = prepared
+    with caplog.at_level("INFO", logger="captioner"):
+        FeatureCache(root, KEY, image_size=16).ensure(CountingEncoder(), "train", batch_size=2)
+    assert "encoding 3 of 3 images" in caplog.text and "GiB" in caplog.text
+    err = capsys.readouterr().err
+    assert "features train: 3/3" in err and "\r" not in err

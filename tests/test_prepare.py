@@ -5,10 +5,12 @@ import hashlib
 import inspect
 import io
 import json
+import os
 import subprocess
 import sys
 import types
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -322,7 +324,8 @@ def test_interrupted_prepare_never_leaves_a_manifest(tiny, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         run_tiny(tiny)
     assert not (tiny.out / MANIFEST).exists()  # the old manifest went first; no new one was written
-    assert not list(tiny.out.glob(".*tmp"))  # the half-written store was dropped
+    assert not list(tiny.out.glob(".*tmp"))  # no half-written file under a final-looking name...
+    assert (tiny.out / ".images.bin.partial").exists()  # ...but the images done so far wait for a rerun
     with pytest.raises(DataError, match="preparation did not finish"):
         read_manifest(tiny.out)
     monkeypatch.setattr(
@@ -484,3 +487,101 @@ def test_download_unknown_and_manual_datasets(tmp_path):
         dl.download("imagenet", tmp_path)
     with pytest.raises(DataError, match="request form"):
         dl.download("flickr30k", tmp_path)
+
+
+# --- resume, permissions, workers --------------------------------------------------------------------
+
+
+def test_interrupted_image_prepare_resumes_to_the_same_store(tiny, monkeypatch):
+    import captioner.data.prepare as prepare_module
+
+    run_tiny(tiny)
+    whole = {
+        name: (tiny.out / name).read_bytes() for name in ("images.bin", "images.json", "annotations.json")
+    }
+    real = prepare_module._resize_one
+    calls = []
+
+    def dies_on_third_image(task):
+        calls.append(task[0])
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(prepare_module, "_resize_one", dies_on_third_image)
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny(tiny)
+    monkeypatch.setattr(prepare_module, "_resize_one", lambda task: calls.append(task[0]) or real(task))
+    done_before = calls[:2]
+    calls.clear()
+    out = run_tiny(tiny)
+    assert calls and not set(calls) & set(done_before)  # only the images not done before
+    assert {name: (out / name).read_bytes() for name in whole} == whole
+    assert not list(out.glob(".*partial*"))
+
+
+def test_resume_replays_skipped_images_into_the_manifest(tiny, monkeypatch):
+    import captioner.data.prepare as prepare_module
+
+    (tiny.images / "c.jpg").write_text("not an image")
+    expected = read_manifest(run_tiny(tiny, on_bad="skip"))["skipped"]
+    real = prepare_module._resize_one
+    calls = []
+
+    def dies_on_last_image(task):
+        calls.append(task)
+        if task[0] == sorted(r["image"] for r in tiny.rows)[-1]:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(prepare_module, "_resize_one", dies_on_last_image)
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny(tiny, on_bad="skip")
+    monkeypatch.setattr(prepare_module, "_resize_one", real)
+    assert read_manifest(run_tiny(tiny, on_bad="skip"))["skipped"] == expected
+
+
+def test_other_settings_do_not_resume(tiny, monkeypatch):
+    import captioner.data.prepare as prepare_module
+
+    real = prepare_module._resize_one
+    calls = []
+
+    def dies_on_second_image(task):
+        calls.append(task)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(task)
+
+    monkeypatch.setattr(prepare_module, "_resize_one", dies_on_second_image)
+    with pytest.raises(KeyboardInterrupt):
+        run_tiny(tiny)
+    monkeypatch.setattr(prepare_module, "_resize_one", real)
+    out = run_tiny(tiny, image_side=20)
+    assert ImageStore(out).size("sub/b.jpg") == (20, 40)  # not the side-16 image of the broken run
+
+
+def test_prepared_files_are_readable_by_the_group(tiny):
+    old = os.umask(0o002)
+    try:
+        out = run_tiny(tiny)
+    finally:
+        os.umask(old)
+    for name in ("manifest.json", "annotations.json", "vocab.json", "images.bin", "images.json"):
+        assert (out / name).stat().st_mode & 0o777 == 0o664, name
+
+
+def test_workers_default_to_the_available_cores(tiny, monkeypatch):
+    import captioner.data.prepare as prepare_module
+
+    seen = []
+    monkeypatch.setattr(
+        prepare_module, "ProcessPoolExecutor", lambda n: seen.append(n) or ThreadPoolExecutor(n)
+    )
+    monkeypatch.setattr(prepare_module, "available_cores", lambda: 1)
+    run_tiny(tiny, workers=None)
+    assert seen == []  # one core: no pool
+    monkeypatch.setattr(prepare_module, "available_cores", lambda: 3)
+    run_tiny(tiny, workers=None)
+    assert seen == [3]
+    assert prepare_module.available_cores() >= 1

@@ -10,7 +10,7 @@ import torch
 from test_dataset import make_prepared, two_tone
 
 from captioner.data.dataset import CaptionDataset
-from captioner.data.transforms import build_eval_transform, build_train_transform
+from captioner.data.transforms import RandomHueRotate, as_float, build_eval_transform, build_train_transform
 from captioner.data.vocab import Vocab
 from captioner.errors import ConfigError
 
@@ -31,7 +31,9 @@ def test_outputs_float_unit_range_square(source):
     )
     for transform in (heavy, build_eval_transform(32)):
         out = transform(image)
-        assert type(out) is torch.Tensor and out.dtype == torch.float32 and out.shape == (3, 32, 32)
+        assert (
+            type(out) is torch.Tensor and out.dtype == torch.float32 and out.shape == (3, 32, 32)
+        )  # noise: float
         assert 0.0 <= out.min() and out.max() <= 1.0
 
 
@@ -61,12 +63,14 @@ def test_hflip_flips_image_and_swaps_left_right_words(tmp_path):
     transform = build_train_transform(32, hflip=1.0, **NO_AUG)
     ds = CaptionDataset(tmp_path, "train", vocab, transform=transform, flip_words=swap_left_right)
     item = ds[0]
-    assert item["image"][2, :, :16].mean() > 0.99 and item["image"][0, :, 16:].mean() > 0.99  # blue now left
+    assert item["image"].dtype == torch.uint8  # a quarter of float32's bytes between processes
+    image = as_float(item["image"])
+    assert image[2, :, :16].mean() > 0.99 and image[0, :, 16:].mean() > 0.99  # blue now left
     assert vocab.decode(item["caption"].tolist()) == ["red", "right", "blue", "left"]
     transform = build_train_transform(32, hflip=0.0, **NO_AUG)
     ds = CaptionDataset(tmp_path, "train", vocab, transform=transform, flip_words=swap_left_right)
     assert vocab.decode(ds[0]["caption"].tolist()) == ["red", "left", "blue", "right"]
-    assert ds[0]["image"][0, :, :16].mean() > 0.99
+    assert as_float(ds[0]["image"])[0, :, :16].mean() > 0.99
 
 
 def test_hflip_on_other_datasets_keeps_words(tmp_path):
@@ -74,7 +78,7 @@ def test_hflip_on_other_datasets_keeps_words(tmp_path):
     ds = CaptionDataset(tmp_path, "train", vocab, transform=build_train_transform(32, hflip=1.0, **NO_AUG))
     assert ds.flip_words is None
     item = ds[0]
-    assert item["image"][2, :, :16].mean() > 0.99
+    assert as_float(item["image"])[2, :, :16].mean() > 0.99
     assert vocab.decode(item["caption"].tolist()) == ["red", "left", "blue", "right"]
 
 
@@ -99,3 +103,47 @@ def test_shapes_dataset_flips_captions_with_real_flip_tokens(tmp_path):
         assert flipped[i]["caption"].tolist() == vocab.encode(flip_tokens(tokens), 30)
         assert torch.allclose(flipped[i]["image"], plain[i]["image"].flip(-1), atol=1e-6)
     assert any("left" in t or "right" in t for r in flipped.records for t in r.tokens)
+
+
+def test_hue_rotation_keeps_greys_turns_red_towards_green_and_is_identity_at_zero():
+    pil = two_tone(32, left=(200, 40, 40), right=(128, 128, 128))
+    assert np.array_equal(np.asarray(RandomHueRotate(0.0)(pil)), np.asarray(pil))
+    torch.manual_seed(0)
+    rotated = [np.asarray(RandomHueRotate(0.5)(pil)).astype(int) for _ in range(20)]
+    for out in rotated:
+        assert np.abs(out[:, 16:] - 128).max() <= 1  # grey is on the rotation axis
+    assert any(out[0, 0, 1] > out[0, 0, 0] for out in rotated)  # some angle makes the red greener
+    assert len({tuple(out[0, 0]) for out in rotated}) > 10  # the angle is drawn per call
+
+
+def test_default_jitter_is_mild_and_centred_on_the_input():
+    # Colour jitter of 0.1 keeps each channel's mean within ~15% of the input's, and averages out.
+    rng = np.random.default_rng(0)
+    image = torch.from_numpy(rng.integers(40, 216, (3, 48, 48), dtype=np.uint8))
+    plain = build_eval_transform(32)(image)
+    torch.manual_seed(0)
+    transform = build_train_transform(32, hflip=0.0, crop_scale_min=1.0)
+    assert transform(image).dtype == torch.uint8
+    outs = torch.stack([as_float(transform(image)) for _ in range(200)])
+    assert outs.shape[1:] == (3, 32, 32)
+    means = outs.mean(dim=(2, 3))
+    assert (means - plain.mean(dim=(1, 2))).abs().max() < 0.15
+    assert (means.mean(0) - plain.mean(dim=(1, 2))).abs().max() < 0.02
+    assert means.std(0).min() > 0.005  # it does jitter
+
+
+def test_train_transform_gives_the_same_image_from_a_tensor_or_pil():
+    pil = two_tone(48)
+    tensor = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+    transform = build_train_transform(32, hflip=0.0)
+    torch.manual_seed(3)
+    a = transform(pil)
+    torch.manual_seed(3)
+    assert torch.equal(a, transform(tensor))
+
+
+def test_as_float_scales_uint8_to_unit_range_and_keeps_float():
+    x = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 16, 16)
+    assert torch.allclose(as_float(x), x.float() / 255) and as_float(x).max() == 1.0
+    f = torch.rand(2, 3)
+    assert torch.equal(as_float(f), f) and as_float(f.half()).dtype == torch.float32

@@ -2,7 +2,7 @@
 
 Items are dicts; :func:`collate_captions` / :func:`collate_images` stack them into batches::
 
-    train batch: images (B,3,S,S) float [0,1]  | features (B,h,w,D) float32
+    train batch: images (B,3,S,S) uint8 after a TrainTransform, else float [0,1] (see transforms.as_float)
                  captions (B,T) long, PAD_ID=0 after <end>;  lengths (B,) = ids incl. <start>/<end>
                  image_ids list[str];  indices (B,) pair index into the dataset
     eval batch:  images | features;  image_ids;  indices
@@ -18,28 +18,64 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torch.utils.data import Dataset
 
-from captioner.data.records import ImageRecord, read_annotations, read_manifest
+from captioner.data.records import Annotations, ImageRecord, load_annotations, read_manifest
 from captioner.data.store import ImageStore
-from captioner.data.vocab import PAD_ID, Vocab
+from captioner.data.transforms import TrainTransform
+from captioner.data.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocab
 from captioner.errors import DataError, require
 
 FlipWords = Callable[[list[str]], list[str]]
 
 
-def split_records(root: str | Path, split: str) -> list[ImageRecord]:
-    """The records of one split, or a DataError naming the split and the splits present."""
-    records = read_annotations(root)
-    chosen = [r for r in records if r.split == split]
-    if not chosen:
-        present = sorted({r.split for r in records})
+def split_rows(annotations: Annotations, root: str | Path, split: str) -> np.ndarray:
+    """The annotation rows of one split, or a DataError naming the split and the splits present."""
+    rows = annotations.rows(split)
+    if not len(rows):
         raise DataError(
-            f"split {split!r} has no images in {root}; splits present: {present}; use one of them"
+            f"split {split!r} has no images in {root}; splits present: {annotations.splits}; use one of them"
         )
-    return chosen
+    return rows
+
+
+class SplitRecords(Sequence[ImageRecord]):
+    """The records of one split as a read-only list, built on access from the shared arrays."""
+
+    def __init__(self, annotations: Annotations, rows: np.ndarray):
+        self.annotations = annotations
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i):  # noqa: ANN001 - int only; slicing is not needed
+        return self.annotations.record(int(self.rows[i]))
+
+
+def encode_captions(
+    annotations: Annotations, captions: np.ndarray, vocab: Vocab, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``Vocab.encode(tokens, max_len)`` of many captions at once: flat int32 ids and their (n+1) offsets.
+
+    Vectorised because a Python loop over COCO's 600k training captions takes seconds at every start.
+    """
+    lookup = np.array([vocab.stoi.get(w, UNK_ID) for w in annotations.words], dtype=np.int32)
+    first = annotations.caption_starts[captions]
+    words = np.minimum(annotations.caption_starts[captions + 1] - first, max_len)
+    starts = np.zeros(len(captions) + 1, dtype=np.int64)
+    np.cumsum(words + 2, out=starts[1:])
+    ids = np.empty(int(starts[-1]), dtype=np.int32)
+    ids[starts[:-1]] = START_ID
+    ids[starts[1:] - 1] = END_ID
+    owner = np.repeat(np.arange(len(captions)), words)
+    within = np.arange(len(owner)) - np.repeat(np.cumsum(words) - words, words)  # word position in caption
+    ids[starts[owner] + 1 + within] = lookup[annotations.token_ids[first[owner] + within]]
+    return ids, starts
 
 
 def default_flip_words(root: str | Path) -> FlipWords | None:
@@ -71,6 +107,11 @@ class _ImageSource:
     def load(self, image_id: str, flip: bool = False) -> tuple[str, torch.Tensor]:
         if self.features is not None:
             return "features", self.features[image_id].float()
+        if isinstance(self.transform, TrainTransform):  # it works on PIL (see captioner.data.transforms)
+            image = self.store.pil(image_id)
+            if flip:
+                image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            return "image", self.transform(image)
         image = self.store.tensor(image_id)
         if flip:
             image = TF.hflip(image)
@@ -101,36 +142,42 @@ class CaptionDataset(Dataset):
         require(max_len >= 1, f"max_len={max_len} must be >= 1 (words per training caption)")
         self.root = Path(root)
         self.split = split
-        self.records = split_records(self.root, split)
-        self.source = _ImageSource(self.root, [r.id for r in self.records], transform, features)
+        self.annotations = load_annotations(self.root)
+        rows = split_rows(self.annotations, self.root, split)
+        self.records = SplitRecords(self.annotations, rows)
+        self.image_ids = self.annotations.ids[rows]
+        self.source = _ImageSource(self.root, self.image_ids, transform, features)
         self.max_len = max_len
         self.vocab = vocab
         self.hflip = float(getattr(transform, "hflip", 0.0)) if features is None else 0.0
         self.flip_words = flip_words if flip_words is not None else default_flip_words(self.root)
-        # (record index, caption index) per item; ids are encoded up front so the sampler has lengths.
-        self.pairs = [(i, j) for i, r in enumerate(self.records) for j in range(len(r.tokens))]
-        self.ids = [vocab.encode(self.records[i].tokens[j], max_len) for i, j in self.pairs]
-        self.lengths = [len(ids) for ids in self.ids]
+        # One item per (image, caption): numpy arrays, not Python lists, so forked workers share them.
+        per_image = np.diff(self.annotations.image_starts)[rows]
+        first = np.repeat(np.cumsum(per_image) - per_image, per_image)
+        j = np.arange(int(per_image.sum())) - first
+        self.pairs = np.stack(
+            [np.repeat(np.arange(len(rows)), per_image), j], axis=1
+        )  # (record i, caption j)
+        self.captions = np.repeat(self.annotations.image_starts[rows], per_image) + j  # global caption index
+        # Ids are encoded up front so the sampler has lengths.
+        self._ids, self._id_starts = encode_captions(self.annotations, self.captions, vocab, max_len)
+        self.lengths = np.diff(self._id_starts).tolist()
 
     def __len__(self) -> int:
         return len(self.pairs)
 
     def __getitem__(self, index: int) -> dict:
-        i, j = self.pairs[index]
-        record = self.records[i]
+        i = self.pairs[index][0]
+        image_id = str(self.image_ids[i])
         # torch's RNG, so DataLoader's per-worker seeding makes the flips reproducible.
         flip = self.hflip > 0 and torch.rand(()).item() < self.hflip
-        ids = self.ids[index]
         if flip and self.flip_words is not None:
-            ids = self.vocab.encode(self.flip_words(record.tokens[j]), self.max_len)
-        key, value = self.source.load(record.id, flip)
-        return {
-            key: value,
-            "caption": torch.tensor(ids, dtype=torch.long),
-            "length": len(ids),
-            "image_id": record.id,
-            "index": index,
-        }
+            tokens = self.annotations.caption_tokens(int(self.captions[index]))
+            caption = torch.tensor(self.vocab.encode(self.flip_words(tokens), self.max_len), dtype=torch.long)
+        else:
+            caption = torch.from_numpy(self._ids[self._id_starts[index] : self._id_starts[index + 1]]).long()
+        key, value = self.source.load(image_id, flip)
+        return {key: value, "caption": caption, "length": len(caption), "image_id": image_id, "index": index}
 
 
 class ImageDataset(Dataset):
@@ -139,25 +186,27 @@ class ImageDataset(Dataset):
     def __init__(self, root: str | Path, split: str, transform: Callable | None = None, features: Any = None):
         self.root = Path(root)
         self.split = split
-        self.records = split_records(self.root, split)
-        self.source = _ImageSource(self.root, [r.id for r in self.records], transform, features)
-        self._by_id = {r.id: r for r in self.records}
+        self.annotations = load_annotations(self.root)
+        rows = split_rows(self.annotations, self.root, split)
+        self.records = SplitRecords(self.annotations, rows)
+        self.image_ids = self.annotations.ids[rows]
+        self.source = _ImageSource(self.root, self.image_ids, transform, features)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.image_ids)
 
     def __getitem__(self, index: int) -> dict:
-        record = self.records[index]
-        key, value = self.source.load(record.id)
-        return {key: value, "image_id": record.id, "index": index}
+        image_id = str(self.image_ids[index])
+        key, value = self.source.load(image_id)
+        return {key: value, "image_id": image_id, "index": index}
 
     def references(self, image_id: str) -> list[list[str]]:
         """All reference captions of an image, tokenised, exactly as prepared."""
-        return self._by_id[image_id].tokens
+        return self.annotations.tokens(self.annotations.row(image_id))
 
     def record(self, image_id: str) -> ImageRecord:
         """The full record (captions, tokens, meta ground truth) of an image."""
-        return self._by_id[image_id]
+        return self.annotations[image_id]
 
 
 def _stack_inputs(items: list[dict], batch: dict) -> None:

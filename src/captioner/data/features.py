@@ -9,7 +9,11 @@ Layout, under the prepared folder::
 ``<key>`` hashes everything the features depend on: the encoder config dict, the image size, the
 eval transform, the prepared data's content hash and its image index (so re-preparing images at
 another size gives another key). Changing any of them selects a new folder; old ones stay untouched.
-A split counts only once meta.json lists it, so an interrupted computation is redone, never used.
+A split counts only once meta.json lists it, so an unfinished computation is never used. It is
+resumed instead: rows go straight into ``.<split>.partial.npy`` (a memory map with the final file's
+header) and ``.<split>.progress.json`` records, after each batch is flushed, how many rows are done
+and with which batch size; a rerun encodes only the remaining batches (same batch boundaries, so the
+finished file is byte-identical to an uninterrupted build) and renames the file into place.
 
 Only valid for a frozen encoder under the eval transform: augmentation or fine-tuning would change
 the features every step. Under DDP call ``ensure`` on rank 0 first, then barrier, then on the others.
@@ -19,24 +23,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from captioner.data.records import (
     IMAGES_INDEX,
     content_hash,
-    read_annotations,
+    load_annotations,
     read_json,
     read_manifest,
     write_json_atomic,
 )
 from captioner.errors import ConfigError, DataError
+from captioner.progress import log_line
 from captioner.progress import progress as progress_bar
 
 META = "meta.json"
@@ -102,7 +106,7 @@ class FeatureCache:
             "encoder": encoder_key,
             "image_size": image_size,
             "transform": repr(self.transform),
-            "data": manifest.get("content_hash") or content_hash(read_annotations(self.root)),
+            "data": manifest.get("content_hash") or content_hash(list(load_annotations(self.root).values())),
             "images": hashlib.sha256(index.read_bytes()).hexdigest() if index.exists() else None,
         }
         blob = json.dumps(self.key_fields, sort_keys=True, default=str).encode()
@@ -149,35 +153,53 @@ class FeatureCache:
         from captioner.data.dataset import ImageDataset, collate_images
 
         dataset = ImageDataset(self.root, split, self.transform)
-        loader = DataLoader(
-            dataset, batch_size=batch_size, num_workers=self.num_workers, collate_fn=collate_images
-        )
+        ids = dataset.image_ids.tolist()
         self.folder.mkdir(parents=True, exist_ok=True)
-        final = self.folder / f"{split}.npy"
-        tmp = self.folder / f".{split}.npy.{os.getpid()}.tmp"
-        out = None
-        try:
-            with torch.inference_mode():
-                row = 0
-                for batch in progress_bar(loader, desc=f"features {split}", disable=not progress):
-                    feats = encoder(batch["images"].to(device))
-                    if feats.dim() != 4:
-                        raise ConfigError(
-                            f"encoder returned shape {tuple(feats.shape)}; caching needs (B, h, w, D) annotations"
+        partial = self.folder / f".{split}.partial.npy"
+        progress_file = self.folder / f".{split}.progress.json"
+        ids_hash = hashlib.sha256(json.dumps(ids).encode()).hexdigest()
+        done, out = 0, None
+        state = json.loads(progress_file.read_text()) if progress_file.exists() else None
+        if state and partial.exists() and state["ids"] == ids_hash and state["batch_size"] == batch_size:
+            done, out = state["rows"], np.load(partial, mmap_mode="r+")
+        desc = f"features {split}"
+        if progress:
+            log_line(
+                f"{desc}: encoding {len(ids) - done} of {len(ids)} images" + (" (resuming)" if done else "")
+            )
+        # Start at a batch boundary of the same batch size: a batch's features can depend (in the last
+        # bits) on what else is in the batch, and the cache must equal an uninterrupted build.
+        remaining = Subset(dataset, range(done, len(dataset)))
+        loader = DataLoader(
+            remaining, batch_size=batch_size, num_workers=self.num_workers, collate_fn=collate_images
+        )
+        bar = progress_bar(total=len(ids), initial=done, desc=desc, unit="img", disable=not progress)
+        with torch.inference_mode(), bar:
+            for batch in loader:
+                feats = encoder(batch["images"].to(device))
+                if feats.dim() != 4:
+                    raise ConfigError(
+                        f"encoder returned shape {tuple(feats.shape)}; caching needs (B, h, w, D) annotations"
+                    )
+                feats = feats.to(torch.float16).cpu().numpy()
+                if out is None:
+                    shape = (len(dataset), *feats.shape[1:])
+                    out = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float16, shape=shape)
+                    if progress:
+                        log_line(
+                            f"{desc}: {shape} fp16 = {np.prod(shape) * 2 / 2**30:.2f} GiB in {self.folder}"
                         )
-                    feats = feats.to(torch.float16).cpu().numpy()
-                    if out is None:
-                        shape = (len(dataset), *feats.shape[1:])
-                        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)
-                    out[row : row + len(feats)] = feats
-                    row += len(feats)
-            out.flush()
-            del out
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        write_json_atomic(self.folder / f"{split}.ids.json", [r.id for r in dataset.records])
+                out[done : done + len(feats)] = feats
+                done += len(feats)
+                out.flush()  # the rows first, then the mark that vouches for them
+                state = {"rows": done, "batch_size": batch_size, "ids": ids_hash}
+                write_json_atomic(progress_file, state)
+                bar.update(len(feats))
+        out.flush()
+        del out
+        partial.replace(self.folder / f"{split}.npy")
+        write_json_atomic(self.folder / f"{split}.ids.json", ids)
+        progress_file.unlink()
         # meta.json last: only now does this split count as cached.
         splits = sorted(set(self.done_splits()) | {split})
         write_json_atomic(self.folder / META, {"key": self.key, **self.key_fields, "splits": splits})

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Subset
 
 from captioner.data.dataset import CaptionDataset, ImageDataset, collate_captions, collate_images
 from captioner.data.features import FeatureReader
-from captioner.data.records import read_annotations
+from captioner.data.records import load_annotations
 from captioner.data.sampler import BucketBatchSampler
 from captioner.data.transforms import build_eval_transform, build_train_transform
 from captioner.data.vocab import Vocab
@@ -90,7 +90,7 @@ def build_loaders(
     )
 
     if eval_splits is None:
-        eval_splits = sorted({r.split for r in read_annotations(root)} - {"train"})
+        eval_splits = [s for s in load_annotations(root).splits if s != "train"]
     eval_loaders = {
         split: build_eval_loader(
             root, split, image_size, eval_batch_size or batch_size, features, num_workers, distributed

@@ -14,8 +14,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from captioner.data.features import FeatureCache, FeatureReader
 from captioner.data.loaders import build_loaders
-from captioner.data.records import MANIFEST, read_annotations, read_manifest
+from captioner.data.records import MANIFEST, load_annotations, read_manifest
 from captioner.data.store import ImageStore
+from captioner.data.transforms import as_float
 from captioner.data.vocab import Vocab
 from captioner.errors import DataError
 from captioner.progress import log_line
@@ -119,7 +120,7 @@ class Data:
     def inputs(self, batch: Mapping[str, Any], device: torch.device) -> torch.Tensor:
         """Images or cached features of a batch, on ``device``."""
         x = batch["features"] if self.cached else batch["images"]
-        return x.to(device, non_blocking=True).float()
+        return as_float(x.to(device, non_blocking=True))  # the train loader's images come as uint8
 
     def image(self, image_id: str) -> np.ndarray:
         """The stored image (H, W, 3) uint8, for figures."""
@@ -140,7 +141,7 @@ def build_data(
     cached = uses_feature_cache(config)
     features = None
     if cached:
-        splits = sorted({r.split for r in read_annotations(root)})
+        splits = load_annotations(root).splits
         features = cached_features(root, config, model.encoder, splits, device, dist_info)
     augment = config["data"]["augment"]
     if cached:  # cached features are of un-augmented images

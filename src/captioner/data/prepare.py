@@ -7,9 +7,13 @@ leaves a folder that looks complete.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import io
+import json
+import os
 import posixpath
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime
@@ -17,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
-from tqdm import tqdm
 
 from captioner.data.formats import PARSERS, RawCaption, parse
 from captioner.data.records import (
@@ -34,11 +37,13 @@ from captioner.data.records import (
 from captioner.data.store import ImageStoreWriter
 from captioner.data.vocab import SPECIALS, Vocab, tokenize
 from captioner.errors import ConfigError, DataError, require
+from captioner.progress import log_line, progress
 
 ON_MISSING = ("error", "skip")
 ON_BAD = ("error", "skip")
 EXAMPLES = 5  # how many examples of each problem the manifest and messages show
 PIL_DEFAULT_MAX_PIXELS = 89_478_485  # PIL's own decompression-bomb warning threshold
+CHECKPOINT_EVERY_S = 10.0  # how much image work an interruption can cost
 
 
 class _Skips:
@@ -145,6 +150,11 @@ def _resize_one(task: tuple[str, str, int, int]) -> tuple[str, bytes | None, int
     return image_id, buf.getvalue(), size[0], size[1], None, ""
 
 
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. a SLURM or container limit)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _write_images(
     out: Path,
     image_root: Path,
@@ -154,38 +164,63 @@ def _write_images(
     workers: int,
     skips: _Skips,
 ) -> list[ImageRecord]:
-    """Resize every record's image into the store (in parallel); returns the records that made it."""
+    """Resize every record's image into the store (in parallel); returns the records that made it.
+
+    Resumable: an interrupted run (an error, Ctrl-C, a kill) leaves the images done so far, and a
+    rerun with the same images and settings continues after them, in the same order, so the store is
+    byte-identical to one written in one go.
+    """
     tasks = [(r.id, str(image_root / r.file), image_side, max_pixels) for r in records]
-    kept: set[str] = set()
+    ids = hashlib.sha256(json.dumps([t[0] for t in tasks]).encode()).hexdigest()
+    key = {"image_root": str(image_root), "image_side": image_side, "max_pixels": max_pixels, "ids": ids}
     pool = ProcessPoolExecutor(workers) if workers > 1 else None
     try:
-        results = pool.map(_resize_one, tasks, chunksize=16) if pool else map(_resize_one, tasks)
-        with ImageStoreWriter(out) as writer:
-            for image_id, data, width, height, reason, detail in tqdm(
-                results, total=len(tasks), desc="resize images", unit="img", disable=None
+        with ImageStoreWriter(out, key=key) as writer:
+            # state: tasks finished (kept or skipped) and the skipped ones, replayed into the counts.
+            state = writer.state = writer.state or {"tasks": 0, "bad": []}
+            start = state["tasks"]
+            if start:
+                log_line(f"resuming the image store after {start} of {len(tasks)} images")
+            for image_id, reason, detail in state["bad"]:
+                _report_bad(skips, image_root, image_id, reason, detail, max_pixels)
+            todo = tasks[start:]
+            results = pool.map(_resize_one, todo, chunksize=16) if pool else map(_resize_one, todo)
+            last = time.monotonic()
+            for image_id, data, width, height, reason, detail in progress(
+                results, total=len(tasks), initial=start, desc="resize images", unit="img"
             ):
-                path = image_root / image_id
-                if reason == "too_large":
-                    skips.bad(
-                        "too_large",
-                        image_id,
-                        f"image {path} is {detail}, over prepare.max_pixels={max_pixels}; raise "
-                        "prepare.max_pixels if you trust it or set prepare.on_bad=skip to drop it",
-                    )
-                elif reason is not None:
-                    skips.bad(
-                        "corrupt_image",
-                        image_id,
-                        f"cannot decode image {path} ({detail}); replace the file or set "
-                        "prepare.on_bad=skip to drop it",
-                    )
+                if reason is not None:
+                    _report_bad(skips, image_root, image_id, reason, detail, max_pixels)
+                    state["bad"].append([image_id, reason, detail])
                 else:
                     writer.add(image_id, data, width, height)
-                    kept.add(image_id)
+                state["tasks"] += 1
+                if time.monotonic() - last > CHECKPOINT_EVERY_S:
+                    writer.checkpoint()
+                    last = time.monotonic()
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)  # on an error, do not wait for the rest of the images
-    return [r for r in records if r.id in kept]
+    return [r for r in records if r.id in writer]
+
+
+def _report_bad(
+    skips: _Skips, image_root: Path, image_id: str, reason: str, detail: str, max_pixels: int
+) -> None:
+    path = image_root / image_id
+    if reason == "too_large":
+        skips.bad(
+            "too_large",
+            image_id,
+            f"image {path} is {detail}, over prepare.max_pixels={max_pixels}; raise "
+            "prepare.max_pixels if you trust it or set prepare.on_bad=skip to drop it",
+        )
+    else:
+        skips.bad(
+            "corrupt_image",
+            image_id,
+            f"cannot decode image {path} ({detail}); replace the file or set prepare.on_bad=skip to drop it",
+        )
 
 
 def prepare_captions(
@@ -201,9 +236,13 @@ def prepare_captions(
     max_pixels: int = PIL_DEFAULT_MAX_PIXELS,
     vocab_max_size: int | None = 10000,
     vocab_min_count: int = 5,
-    workers: int = 2,
+    workers: int | None = None,
 ) -> Path:
-    """Prepare a real caption source into ``out``: annotations, train-only vocabulary, images, manifest."""
+    """Prepare a real caption source into ``out``: annotations, train-only vocabulary, images, manifest.
+
+    ``workers`` resize processes (None: every core this process may use); an interrupted image run
+    resumes where it stopped when rerun with the same arguments.
+    """
     require(
         format in PARSERS,
         f"prepare.format={format!r} is not a caption format; use one of {sorted(PARSERS)} or shapes",
@@ -218,7 +257,11 @@ def prepare_captions(
         isinstance(max_pixels, int) and max_pixels > 0,
         f"prepare.max_pixels={max_pixels!r} must be a positive int",
     )
-    require(isinstance(workers, int) and workers >= 1, f"prepare.workers={workers!r} must be an int >= 1")
+    require(
+        workers is None or (isinstance(workers, int) and workers >= 1),
+        f"prepare.workers={workers!r} must be null (every available core) or an int >= 1",
+    )
+    workers = available_cores() if workers is None else workers
     require(
         isinstance(vocab_min_count, int) and vocab_min_count >= 1,
         f"prepare.vocab_min_count={vocab_min_count!r} must be an int >= 1",

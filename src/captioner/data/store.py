@@ -7,6 +7,7 @@ The index maps ``image_id -> [offset, length, width, height]``; the bytes are JP
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -19,15 +20,33 @@ from captioner.errors import DataError
 
 
 class ImageStoreWriter:
-    """Append encoded images, then ``close()`` to publish ``images.bin`` + ``images.json`` atomically."""
+    """Append encoded images, then ``close()`` to publish ``images.bin`` + ``images.json`` atomically.
 
-    def __init__(self, root: str | Path):
+    Resumable: the bytes go to ``.images.bin.partial`` and :meth:`checkpoint` records in
+    ``.images.partial.json`` how many of them are complete, the index so far, the caller's ``key``
+    (what the store is made from) and its ``state``. A writer opened with the same ``key`` continues
+    from the last checkpoint (``self.state`` is then the caller's state saved with it); one with
+    another key starts over. An error inside ``with`` checkpoints what was written, so nothing is lost.
+    """
+
+    def __init__(self, root: str | Path, key: dict | None = None):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.root / f".{IMAGES_BIN}.{os.getpid()}.tmp"
-        self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+        self._tmp = self.root / f".{IMAGES_BIN}.partial"
+        self._journal = self.root / ".images.partial.json"
+        self.key = key
+        self.state: dict = {}
         self._index: dict[str, list[int]] = {}
         self._offset = 0
+        journal = json.loads(self._journal.read_text()) if self._journal.exists() else None
+        if journal is not None and key is not None and journal["key"] == key and self._tmp.exists():
+            self._index, self._offset, self.state = journal["index"], journal["offset"], journal["state"]
+            self._file = open(self._tmp, "r+b")  # noqa: SIM115 - closed in close()/__exit__
+            self._file.truncate(self._offset)  # bytes after the last checkpoint belong to no index entry
+            self._file.seek(self._offset)
+        else:
+            self._journal.unlink(missing_ok=True)
+            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/__exit__
 
     def add(self, image_id: str, data: bytes, width: int, height: int) -> None:
         """Append one encoded image (its bytes as they should be decoded later)."""
@@ -43,6 +62,18 @@ class ImageStoreWriter:
         image.save(buf, format=fmt, **({"quality": quality} if fmt.upper() == "JPEG" else {}))
         self.add(image_id, buf.getvalue(), image.width, image.height)
 
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._index
+
+    def checkpoint(self) -> None:
+        """Make everything added so far (and ``self.state``) survive a crash; a no-op without a key."""
+        if self.key is None:
+            return
+        self._file.flush()
+        os.fsync(self._file.fileno())  # the bytes first, then the journal that vouches for them
+        journal = {"key": self.key, "offset": self._offset, "index": self._index, "state": self.state}
+        write_json_atomic(self._journal, journal)
+
     def close(self) -> None:
         """Flush the bytes, then write the index; the store exists only once both are complete."""
         self._file.flush()
@@ -50,11 +81,13 @@ class ImageStoreWriter:
         self._file.close()
         os.replace(self._tmp, self.root / IMAGES_BIN)
         write_json_atomic(self.root / IMAGES_INDEX, self._index)
+        self._journal.unlink(missing_ok=True)
 
     def abort(self) -> None:
         """Drop everything written so far."""
         self._file.close()
         self._tmp.unlink(missing_ok=True)
+        self._journal.unlink(missing_ok=True)
 
     def __enter__(self) -> ImageStoreWriter:
         return self
@@ -62,6 +95,11 @@ class ImageStoreWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
+        elif self.key is not None:  # resumable: keep what was written for the next run
+            try:
+                self.checkpoint()
+            finally:
+                self._file.close()
         else:
             self.abort()
 

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 
 from captioner.data.loaders import build_eval_loader
 from captioner.data.pipeline import cached_features, ensure_prepared, uses_feature_cache
-from captioner.data.records import VOCAB, read_annotations
+from captioner.data.records import VOCAB, load_annotations
 from captioner.data.vocab import Vocab
 from captioner.errors import CheckpointError, ConfigError, require
 from captioner.evaluation.core import TEST_METRICS, SplitResult, evaluate_split
@@ -62,7 +62,7 @@ def resolve_data_root(
 
 def resolve_splits(root: Path, split: str) -> list[str]:
     """``split`` as a list: one name, or ``all`` = every split but train (e.g. val, test, test_novel)."""
-    present = sorted({r.split for r in read_annotations(root)})
+    present = load_annotations(root).splits
     if split == "all":
         return [s for s in present if s != "train"]
     require(
@@ -107,7 +107,7 @@ def evaluate_checkpoint(
     """
     check_decode(loaded, decode_cfg)
     batch_size = eval_batch_size(loaded, batch_size)
-    records = {r.id: r for r in read_annotations(root)}
+    records = load_annotations(root)
     features = None
     if uses_feature_cache(loaded.config):
         features = cached_features(root, loaded.config, loaded.model.encoder, splits, device, dist_info)

@@ -20,7 +20,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from captioner.data.pipeline import build_data, ensure_prepared
-from captioner.data.records import ImageRecord, read_annotations
+from captioner.data.records import ImageRecord, load_annotations
 from captioner.data.vocab import Vocab
 from captioner.errors import CaptionerError, CheckpointError, ConfigError
 from captioner.evaluation import TEST_METRICS, SplitResult, evaluate_split
@@ -95,7 +95,7 @@ def train(
 
     data_root = ensure_prepared(cfg.data, dist_info)
     vocab = Vocab.load(data_root / "vocab.json")
-    records = {r.id: r for r in read_annotations(data_root)}
+    records = load_annotations(data_root)
     model = build_model(cfg.encoder, cfg.decoder, vocab).to(device)
     if t.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
