@@ -38,6 +38,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
         (
             "captioner.cli",
             "captioner.prepare",
+            "captioner.cache",
             "captioner.ui",
             "hydra_plugins",
             "train",
