@@ -117,8 +117,16 @@ def test_hard_attention_and_scst_resume_exactly(mode: str, shapes_data: Path, tm
             "objective.reward.bleu4=0.5",
         ]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
-    proc = run_train(shapes_data, straight, *overrides)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_train(shapes_data, straight, *overrides, "logger=mlflow", f"logger.tracking_uri={uri}")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    from mlflow.tracking import MlflowClient
+
+    logged = MlflowClient(tracking_uri=uri).get_run(load_state(straight / "last.pt")["progress"]["run_id"])
+    wanted = (
+        {"reward", "baseline", "entropy"} if mode == "scst" else {"location_baseline", "location_entropy"}
+    )
+    assert {f"train.{k}" for k in wanted} <= set(logged.data.metrics), sorted(logged.data.metrics)
     if mode == "hard":
         baseline = load_state(straight / "last.pt")["model"]["decoder.location_baseline"]
         assert baseline[1] > 0 and baseline[0] < 0  # updated: a moving average of log p(y|s,a)

@@ -108,3 +108,25 @@ def test_missing_init_from_file_is_one_line(tmp_path: Path) -> None:
     cfg = OmegaConf.create({"objective": scst_config(), "trainer": {"init_from": str(tmp_path / "no.pt")}})
     with pytest.raises(ConfigError, match=r"trainer.init_from=.*no.pt: file not found"):
         check_objective(cfg, distributed=False)
+
+
+def test_init_from_an_incompatible_checkpoint_is_one_line(tmp_path: Path) -> None:
+    from captioner.errors import CheckpointError
+    from captioner.train import checkpoint as ckpt
+    from captioner.train.objective import init_from
+
+    vocab = Vocab([*SPECIALS, "a"])
+    model = Captioner(None, Decoder(len(vocab), 8, 8, 8, 8))
+    path = tmp_path / "xe.pt"
+    saved = {"decoder": {"attention": "hard"}, "encoder": {}}
+    ckpt.save_checkpoint(path, {"model": model.state_dict(), "vocab": vocab.itos, "config": saved})
+    cfg = OmegaConf.create({"decoder": {"attention": "soft"}, "encoder": {}})
+    with pytest.raises(CheckpointError, match="decoder.attention: hard -> soft"):
+        init_from(model, str(path), vocab, cfg)
+    with pytest.raises(CheckpointError, match="vocabulary differs"):
+        init_from(model, str(path), Vocab([*SPECIALS, "b"]), cfg)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="corrupt or not a captioner checkpoint"):
+        init_from(model, str(tmp_path / "junk.pt"), vocab, cfg)
+    ckpt.save_checkpoint(path, {"model": model.state_dict(), "vocab": vocab.itos, "config": {}})
+    init_from(model, str(path), vocab, cfg)  # same weights, same config: loads
