@@ -112,7 +112,7 @@ def test_missing_init_from_file_is_one_line(tmp_path: Path) -> None:
 
 def test_init_from_an_incompatible_checkpoint_is_one_line(tmp_path: Path) -> None:
     from captioner.errors import CheckpointError
-    from captioner.train import checkpoint as ckpt
+    from captioner.runtime import checkpoint as ckpt
     from captioner.train.objective import init_from
 
     vocab = Vocab([*SPECIALS, "a"])

@@ -99,7 +99,7 @@ def build_objective(
 
 def init_from(model: torch.nn.Module, path: str, vocab: Vocab, cfg: DictConfig) -> None:
     """Load another run's model weights (not its optimiser or counters) to start a new training stage."""
-    from captioner.train import checkpoint as ckpt
+    from captioner.runtime import checkpoint as ckpt
 
     state = ckpt.load_checkpoint(path)
     if state["vocab"] != vocab.itos:
