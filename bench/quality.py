@@ -56,6 +56,8 @@ COLUMNS = [
     ("exact_scene", "exact scene"),
     ("pointing_accuracy", "pointing"),
     ("attention_mass", "att mass"),
+    ("repetition", "repeat"),
+    ("length", "words"),
     ("target", "target"),
 ]
 SHORT = {"object_f1": "F1", "exact_scene": "scene", "pointing_accuracy": "pointing"}
@@ -89,6 +91,23 @@ def decode_config(name: str) -> dict[str, Any]:
         )
     length_norm = float(match.group(2)) if match.group(2) else 0.0
     return asdict(DecodeConfig(method="beam", k=int(match.group(1)), length_norm=length_norm))
+
+
+def caption_stats(captions: list[str]) -> dict[str, float]:
+    """Share of captions that repeat a word trigram, and mean words per caption.
+
+    A reward like CIDEr-D can be gamed by repeating or padding phrases (SCST's known failure); these two
+    columns show it where the quality metrics alone would not.
+    """
+    words = [c.split() for c in captions]
+    repeated = [
+        len(trigrams) != len(set(trigrams))
+        for trigrams in ([tuple(w[i : i + 3]) for i in range(len(w) - 2)] for w in words)
+    ]
+    return {
+        "repetition": sum(repeated) / max(len(words), 1),
+        "length": sum(len(w) for w in words) / max(len(words), 1),
+    }
 
 
 def sha256(path: Path) -> str:
@@ -127,7 +146,7 @@ def evaluate_one(
     if args.reuse and saved.is_file():
         record = json.loads(saved.read_text())
         if record.get("checkpoint_sha256") == digest and record.get("decode") == decode_cfg:
-            return record["metrics"], True
+            return {**record["metrics"], **caption_stats(list(record["captions"].values()))}, True
     result = evaluate_checkpoint(
         loaded, root, [split], decode_cfg, args.device, args.batch_size, TEST_METRICS
     )[split]
@@ -145,7 +164,7 @@ def evaluate_one(
         },
         indent=1,
     )
-    return metrics, False
+    return {**metrics, **caption_stats([" ".join(w) for w in result.captions.values()])}, False
 
 
 def build_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -175,6 +194,8 @@ def build_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[di
                 "checkpoint_sha256": digest,
                 "data_root": str(root),
                 "context": loaded.config["decoder"].get("context", "soft"),
+                "attention": loaded.config["decoder"].get("attention", "soft"),
+                "objective": (loaded.config.get("objective") or {}).get("name", "xe"),
                 "tags": (loaded.config.get("logger") or {}).get("tags") or {},
                 "trained_run_id": loaded.run_id,
             }

@@ -33,18 +33,31 @@ bench-coco:  ## real photos: the same on COCO (Karpathy splits)
 
 # The shapes quality table: trains the benchmark model (conf/experiment/quality.yaml) and its two controls
 # (decoder.context=soft|mean|blind, all else equal; a finished run, one with metrics.json, is kept and an
-# interrupted one resumes from last.pt), then scores each with greedy, beam 3 and beam 5 on test and
-# test_novel, beside the frozen vs fine-tuned rows of the cpu-scale pretrain_finetune sweep.
+# interrupted one resumes from last.pt), hard attention (decoder.attention=hard, paper Sec. 4.1) and an SCST
+# stage from the soft run (experiment=quality_scst, Rennie et al. 2017), then scores each with greedy,
+# beam 3 and beam 5 on test and test_novel, beside the frozen vs fine-tuned rows of the cpu-scale
+# pretrain_finetune sweep.
 QUALITY_DIR ?= runs/quality
 QUALITY_ARGS ?=
+QUALITY_RUNS := soft mean blind hard scst
 .PHONY: bench-quality
-bench-quality: $(QUALITY_DIR)/soft/metrics.json $(QUALITY_DIR)/mean/metrics.json $(QUALITY_DIR)/blind/metrics.json  ## shapes quality: soft attention vs mean-context and image-blind controls
-	$(PY) bench/quality.py --run soft=$(QUALITY_DIR)/soft --run mean=$(QUALITY_DIR)/mean \
-		--run blind=$(QUALITY_DIR)/blind --reuse --sweep-result sweeps/results/pretrain_finetune_cpu.json $(BENCH_ARGS)
+bench-quality: $(foreach r,$(QUALITY_RUNS),$(QUALITY_DIR)/$(r)/metrics.json)  ## shapes quality: soft vs hard attention, XE vs SCST, mean-context and image-blind controls
+	$(PY) bench/quality.py $(foreach r,$(QUALITY_RUNS),--run $(r)=$(QUALITY_DIR)/$(r)) --reuse \
+		--sweep-result sweeps/results/pretrain_finetune_cpu.json $(BENCH_ARGS)
+
+resume_from = $(if $(wildcard $(QUALITY_DIR)/$(1)/last.pt),trainer.resume=$(QUALITY_DIR)/$(1))
+
+$(QUALITY_DIR)/hard/metrics.json:
+	$(PY) train.py experiment=quality decoder.attention=hard hydra.run.dir=$(QUALITY_DIR)/hard $(QUALITY_ARGS) \
+		$(call resume_from,hard)
+
+$(QUALITY_DIR)/scst/metrics.json: $(QUALITY_DIR)/soft/metrics.json
+	$(PY) train.py experiment=quality_scst trainer.init_from=$(QUALITY_DIR)/soft/best.pt \
+		hydra.run.dir=$(QUALITY_DIR)/scst $(QUALITY_ARGS) $(call resume_from,scst)
 
 $(QUALITY_DIR)/%/metrics.json:
 	$(PY) train.py experiment=quality decoder.context=$* hydra.run.dir=$(QUALITY_DIR)/$* $(QUALITY_ARGS) \
-		$(if $(wildcard $(QUALITY_DIR)/$*/last.pt),trainer.resume=$(QUALITY_DIR)/$*)
+		$(call resume_from,$*)
 
 .PHONY: bench-probe
 bench-probe:  ## linear probe: which encoder layer still knows each shapes object's colour and shape

@@ -181,3 +181,11 @@ def test_quality_decode_names_map_to_decode_configs():
     assert (decode_config("beam3-ln1")["k"], decode_config("beam3-ln1")["length_norm"]) == (3, 1.0)
     with pytest.raises(ConfigError, match="beamK-lnX"):
         decode_config("beam")
+
+
+def test_quality_caption_stats_show_repetition_and_length():
+    from quality import caption_stats
+
+    stats = caption_stats(["a red circle", "a red circle and a red circle", "two blue stars"])
+    assert stats["repetition"] == pytest.approx(1 / 3)  # only the second repeats a trigram
+    assert stats["length"] == pytest.approx((3 + 7 + 3) / 3)

@@ -90,3 +90,48 @@ def test_resume_continues_the_same_mlflow_run(shapes_data: Path, tmp_path: Path)
     assert finished.info.status == "FINISHED"
     assert "test.bleu4" in finished.data.metrics
     assert len(client.get_metric_history(run_id, "val.bleu4")) >= 3
+
+
+def _assert_same_run(a_dir: Path, b_dir: Path) -> None:
+    a, b = load_state(a_dir / "last.pt"), load_state(b_dir / "last.pt")
+    a["progress"].pop("run_id"), b["progress"].pop("run_id")  # the straight run logged to MLflow
+    assert a["progress"] == b["progress"]
+    different = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not different, f"weights differ after resume: {different[:5]}"
+    assert (a_dir / "metrics.json").read_text() == (b_dir / "metrics.json").read_text()
+
+
+@pytest.mark.parametrize("mode", ["hard", "scst"])
+def test_hard_attention_and_scst_resume_exactly(mode: str, shapes_data: Path, tmp_path: Path) -> None:
+    """Hard attention's sampled locations and REINFORCE baseline, and SCST's samples, continue exactly."""
+    overrides = ["trainer.epochs=3", "decoder.attention=hard"]
+    if mode == "scst":  # a second stage from a one-epoch XE run, small to stay fast
+        xe = tmp_path / "xe"
+        proc = run_train(shapes_data, xe, "trainer.epochs=1")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        overrides = [
+            "trainer.epochs=3",
+            "objective=scst",
+            f"trainer.init_from={xe / 'best.pt'}",
+            "objective.samples=2",
+            "objective.max_len=8",
+            "objective.reward.bleu4=0.5",
+        ]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    proc = run_train(shapes_data, straight, *overrides, "logger=mlflow", f"logger.tracking_uri={uri}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    if mode == "scst":
+        from mlflow.tracking import MlflowClient
+
+        run_id = load_state(straight / "last.pt")["progress"]["run_id"]
+        logged = set(MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics)
+        assert {"train.reward", "train.baseline", "train.entropy"} <= logged, sorted(logged)
+    if mode == "hard":
+        baseline = load_state(straight / "last.pt")["model"]["decoder.location_baseline"]
+        assert baseline[1] > 0 and baseline[0] < 0  # updated: a moving average of log p(y|s,a)
+    saved = kill_after_epoch(shapes_data, killed, 1, *overrides)
+    assert saved in (1, 2), f"killed after epoch {saved}: nothing left to resume"
+    proc = run_train(shapes_data, tmp_path / "hydra", f"trainer.resume={killed}", *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(straight, killed)

@@ -46,8 +46,33 @@ class TrainerConfig:
     # CPU threads for torch (0 = torch's default); 1 per process when several share a machine
     threads: int = 0
     resume: str | None = None  # a run folder or checkpoint to continue exactly (last.pt)
+    # a checkpoint whose model weights start this run (fresh optimiser; objective=scst needs one)
+    init_from: str | None = None
     log_every: int = 20  # optimiser steps between MLflow step metrics
     figures: int = 4  # test images with attention figures written at the end
+
+
+@dataclass
+class XEObjectiveConfig:
+    """``objective=xe``: word cross-entropy; the location terms apply with ``decoder.attention=hard``."""
+
+    name: str = "xe"
+    location_reinforce: float = 1.0  # lambda_r: REINFORCE on the sampled locations (hard attention only)
+    location_entropy: float = 0.002  # lambda_e: entropy bonus H[s] (arctic-captions' alpha_entropy_c)
+    location_baseline_decay: float = 0.9  # b_k = 0.9 b_{k-1} + 0.1 log p(y|s,a) (the paper's moving average)
+
+
+@dataclass
+class SCSTObjectiveConfig:
+    """``objective=scst``: self-critical sequence training (``captioner.train.scst``)."""
+
+    name: str = "scst"
+    # greedy: the test-time greedy caption's reward (Rennie et al.) | mean: the other samples' mean ("new SCST")
+    baseline: str = "greedy"
+    samples: int = 5  # captions sampled per training image (k)
+    max_len: int = "${data.loader.max_len}"  # longest sampled caption (tokens incl. <end>): the training cap
+    # weights of the reward mix, coco scale (CIDEr-D 5.0 = our 500); object_f1 needs shapes ground truth
+    reward: dict[str, float] = field(default_factory=lambda: {"cider_d": 1.0, "bleu4": 0.0, "object_f1": 0.0})
 
 
 @dataclass
@@ -133,6 +158,7 @@ class Config:
     smoothing: Any = MISSING
     optimizer: Any = MISSING
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    objective: Any = MISSING
     decode: Any = MISSING
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
@@ -196,3 +222,6 @@ def register() -> None:
     cs.store(name="base_config", node=Config)
     for group, schema in group_schemas().items():
         cs.store(group=group, name=f"base_{group}", node=schema)
+    # objective: one schema per choice (their keys differ)
+    cs.store(group="objective", name="base_objective_xe", node=XEObjectiveConfig)
+    cs.store(group="objective", name="base_objective_scst", node=SCSTObjectiveConfig)

@@ -234,6 +234,58 @@ def beam_search(
     )
 
 
+@dataclass
+class Rollout:
+    """Sampled captions whose log-probabilities carry gradients (policy-gradient training, e.g. SCST).
+
+    tokens (B, n, T) as in ``Hypotheses``; log_probs (B, n, T): log p(w_t) of each sampled word, plus
+    log p(s_t) of each sampled location with hard attention, 0 at padding; mask (B, n, T): the real
+    tokens (``<end>`` included); entropy (B, n, T): the word distribution's entropy (detached, for logs).
+    """
+
+    tokens: Tensor
+    log_probs: Tensor
+    mask: Tensor
+    entropy: Tensor
+
+
+def sample_with_grad(
+    decoder: nn.Module, annotations: Tensor, n: int = 1, max_len: int = 30, temperature: float = 1.0
+) -> Rollout:
+    """n captions per image sampled in the decoder's current mode (train: dropout, hard locations sampled),
+    keeping the graph, so ``-(reward * log_probs).sum()`` is the REINFORCE loss (Williams 1992)."""
+    DecodeConfig(method="sample", n_best=n, temperature=temperature, max_len=max_len)
+    projected, state = _prepare(decoder, annotations, n)
+    banned = torch.tensor(_banned(False), device=annotations.device)
+    rows = annotations.shape[0] * n
+    words = torch.full((rows,), START_ID, dtype=torch.long, device=annotations.device)
+    finished = torch.zeros(rows, dtype=torch.bool, device=annotations.device)
+    tokens, log_probs, masks, entropies = [], [], [], []
+    for _ in range(max_len):
+        logits, _, state, locations = decoder.step_locations(words, state, annotations, projected)
+        # The policy is the distribution the words are drawn from: banned words masked out of place
+        # (autograd needs log_softmax's output unchanged), the rest renormalised.
+        logp = torch.log_softmax((logits / temperature).index_fill(-1, banned, -math.inf), dim=-1)
+        words = torch.multinomial(logp.detach().exp(), 1).squeeze(1).masked_fill(finished, PAD_ID)
+        word_logp = logp.gather(1, words[:, None]).squeeze(1)
+        if locations is not None:  # the location is part of the sampled action (hard attention)
+            word_logp = word_logp + locations.log_prob
+        tokens.append(words)
+        masks.append(~finished)
+        log_probs.append(word_logp.masked_fill(finished, 0.0))
+        p = logp.detach().exp()
+        entropies.append(-(p * logp.detach().masked_fill(p == 0, 0.0)).sum(-1))
+        finished = finished | (words == END_ID)
+        if bool(finished.all()):
+            break
+    batch = annotations.shape[0]
+
+    def stack(x: list[Tensor]) -> Tensor:
+        return torch.stack(x, 1).view(batch, n, -1)
+
+    return Rollout(stack(tokens), stack(log_probs), stack(masks), stack(entropies))
+
+
 def hypotheses_to_words(hyp: Hypotheses, vocab: Vocab, keep_unk: bool = False) -> list[list[str]]:
     """The best caption of each image as words, special tokens (and ``<unk>`` unless kept) removed."""
     captions = []

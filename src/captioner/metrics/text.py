@@ -170,47 +170,101 @@ def cider_d(
     hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]], n: int = 4, sigma: float = 6.0
 ) -> CaptionScores:
     """CIDEr-D exactly as coco-caption's ``Cider`` (idf from this set's references), key ``cider_d``."""
+    _check_cider(n, sigma)
+    hyps, refs = _prepare(hypotheses, references)
+    ref_counts = [[_ngrams(r, n) for r in ref_set] for ref_set in refs]
+    df, log_n_images = cider_document_frequency(ref_counts)
+    scores = [
+        _cider_score(_cider_vector(_ngrams(h, n), df, log_n_images, n), ref_vectors, sigma)
+        for h, ref_vectors in zip(
+            hyps, ([_cider_vector(c, df, log_n_images, n) for c in counts] for counts in ref_counts)
+        )
+    ]
+    return CaptionScores(corpus={"cider_d": float(np.mean(scores))}, per_caption={"cider_d": scores})
+
+
+def _check_cider(n: int, sigma: float) -> None:
     if n < 1 or sigma <= 0:
         raise ConfigError(f"cider_d n={n}, sigma={sigma}: need n >= 1 and sigma > 0 (coco uses n=4, sigma=6)")
-    hyps, refs = _prepare(hypotheses, references)
-    hyp_counts = [_ngrams(h, n) for h in hyps]
-    ref_counts = [[_ngrams(r, n) for r in ref_set] for ref_set in refs]
-    # Document frequency: in how many images' reference sets an n-gram occurs.
+
+
+def cider_document_frequency(ref_counts: Sequence[Sequence[Counter]]) -> tuple[Counter, float]:
+    """In how many images' reference sets each n-gram occurs, and log(number of images)."""
     df: Counter = Counter()
     for counts in ref_counts:
         df.update(set().union(*counts))
-    log_n_images = math.log(len(refs))
+    return df, math.log(len(ref_counts))
 
-    def vector(counts: Counter) -> tuple[list[dict], np.ndarray, int]:
-        """tf-idf weights per n-gram order, their L2 norms, and coco's length."""
-        vec: list[dict] = [{} for _ in range(n)]
-        for gram, tf in counts.items():
-            vec[len(gram) - 1][gram] = tf * (log_n_images - math.log(max(1.0, df.get(gram, 0))))
-        norms = np.sqrt([sum(w * w for w in order.values()) for order in vec])
-        # coco's "length" sums bigram counts (its `n == 1` tests the 0-based order), i.e. words - 1.
-        length = sum(tf for gram, tf in counts.items() if len(gram) == 2)
-        return vec, norms, length
 
-    scores = []
-    for h_counts, r_counts_set in zip(hyp_counts, ref_counts):
-        h_vec, h_norm, h_len = vector(h_counts)
-        total = np.zeros(n)
-        for r_counts in r_counts_set:
-            r_vec, r_norm, r_len = vector(r_counts)
-            val = np.array(
-                [
-                    sum(min(w, r_vec[k].get(g, 0.0)) * r_vec[k].get(g, 0.0) for g, w in h_vec[k].items())
-                    for k in range(n)
-                ],
-                dtype=float,
+CiderVector = tuple[list[dict], np.ndarray, int]
+
+
+def _cider_vector(counts: Counter, df: Counter, log_n_images: float, n: int) -> CiderVector:
+    """tf-idf weights per n-gram order, their L2 norms, and coco's length."""
+    vec: list[dict] = [{} for _ in range(n)]
+    for gram, tf in counts.items():
+        vec[len(gram) - 1][gram] = tf * (log_n_images - math.log(max(1.0, df.get(gram, 0))))
+    norms = np.sqrt([sum(w * w for w in order.values()) for order in vec])
+    # coco's "length" sums bigram counts (its `n == 1` tests the 0-based order), i.e. words - 1.
+    length = sum(tf for gram, tf in counts.items() if len(gram) == 2)
+    return vec, norms, length
+
+
+def _cider_score(hyp: CiderVector, refs: Sequence[CiderVector], sigma: float) -> float:
+    """CIDEr-D of one caption against its references' vectors, on our 0-100 scale."""
+    h_vec, h_norm, h_len = hyp
+    n = len(h_vec)
+    total = np.zeros(n)
+    for r_vec, r_norm, r_len in refs:
+        val = np.array(
+            [
+                sum(min(w, r_vec[k].get(g, 0.0)) * r_vec[k].get(g, 0.0) for g, w in h_vec[k].items())
+                for k in range(n)
+            ],
+            dtype=float,
+        )
+        # Cosine similarity; coco leaves the (zero) dot product undivided when a norm is 0.
+        denom = h_norm * r_norm
+        val = np.divide(val, denom, out=val, where=denom != 0)
+        total += val * math.exp(-((h_len - r_len) ** 2) / (2 * sigma**2))
+    # Mean over n-gram orders, mean over references, x10 as coco; x100 for our 0-100 scale.
+    return float(total.mean() / len(refs) * 10 * 100)
+
+
+class CiderD:
+    """CIDEr-D with document frequencies fixed once from a corpus (ruotianluo's ``cider`` cache).
+
+    SCST scores thousands of sampled captions per epoch against the training references: the idf
+    comes from the whole training set, as in Rennie et al. 2017, not from each minibatch, and each
+    image's reference vectors are computed once. ``score`` of a corpus's own references equals
+    :func:`cider_d` on that corpus.
+    """
+
+    def __init__(self, corpus: dict[str, Sequence[Tokens]], n: int = 4, sigma: float = 6.0):
+        _check_cider(n, sigma)
+        self.n, self.sigma = n, sigma
+        ids = list(corpus)
+        _, refs = _prepare([[]] * len(ids), [corpus[i] for i in ids])
+        ref_counts = [[_ngrams(r, n) for r in ref_set] for ref_set in refs]
+        self.df, self.log_n_images = cider_document_frequency(ref_counts)
+        self.refs = {
+            i: [_cider_vector(c, self.df, self.log_n_images, n) for c in counts]
+            for i, counts in zip(ids, ref_counts)
+        }
+
+    def score(self, hypotheses: Sequence[Tokens], ids: Sequence[str]) -> list[float]:
+        """Per-caption CIDEr-D (0-100) of ``hypotheses[j]`` against the references of image ``ids[j]``."""
+        missing = sorted({i for i in ids if i not in self.refs})
+        if missing:
+            raise DataError(f"CiderD has no references for images {missing[:3]}; build it from their split")
+        return [
+            _cider_score(
+                _cider_vector(_ngrams(_clean(h), self.n), self.df, self.log_n_images, self.n),
+                self.refs[i],
+                self.sigma,
             )
-            # Cosine similarity; coco leaves the (zero) dot product undivided when a norm is 0.
-            denom = h_norm * r_norm
-            val = np.divide(val, denom, out=val, where=denom != 0)
-            total += val * math.exp(-((h_len - r_len) ** 2) / (2 * sigma**2))
-        # Mean over n-gram orders, mean over references, x10 as coco; x100 for our 0-100 scale.
-        scores.append(float(total.mean() / len(r_counts_set) * 10 * 100))
-    return CaptionScores(corpus={"cider_d": float(np.mean(scores))}, per_caption={"cider_d": scores})
+            for h, i in zip(hypotheses, ids)
+        ]
 
 
 # --------------------------------------------------------------------------------------- Java metrics

@@ -11,12 +11,16 @@ from torch import Tensor, nn
 
 from captioner.errors import ConfigError, DataError, require
 from captioner.model.attention import SoftAttention, group_size
+from captioner.model.hard_attention import Locations, select_locations
 
 BETA_GATES = ("scalar", "channel", "none")
 # Where z_t comes from: the paper's soft attention, or one of the quality table's two controls.
 # "mean" is Show-and-Tell-like (z_t = mean annotation every step); "blind" never sees the image
 # (h0/c0 from zeros, z_t = 0), so its scores show how far a language model alone gets.
 CONTEXTS = ("soft", "mean", "blind")
+# How z_t reads alpha: the expectation (soft, Sec. 4.2) or one sampled location (hard, Sec. 4.1).
+ATTENTIONS = ("soft", "hard")
+HARD_INFERENCE = ("argmax", "expectation")
 
 State = tuple[Tensor, ...]  # (h, c) of shape (num_layers,B,H), + coverage (1,B,L) with decoder.coverage
 
@@ -26,7 +30,10 @@ class DecoderOutput:
     """Per-step outputs of a teacher-forced pass: ``logits`` (B,T-1,V) predict captions[:, 1:]."""
 
     logits: Tensor
-    alphas: Tensor  # (B, T-1, L) attention weights of each step
+    alphas: Tensor  # (B, T-1, L) attention weights of each step (hard: one-hot where a location was sampled)
+    # Hard attention on a sampled minibatch: log p(s_t|a) and H[alpha_t], (B, T-1); None otherwise.
+    location_log_probs: Tensor | None = None
+    location_entropy: Tensor | None = None
 
 
 def _positive_int(name: str, value: object) -> None:
@@ -107,6 +114,9 @@ class Decoder(nn.Module):
         context: str = "soft",
         attend_word: bool = False,
         coverage: bool = False,
+        attention: str = "soft",
+        hard_inference: str = "argmax",
+        hard_expected_prob: float = 0.5,
         vocab_itos: Sequence[str] | None = None,
     ):
         super().__init__()
@@ -127,6 +137,22 @@ class Decoder(nn.Module):
         require(
             context in CONTEXTS,
             f"decoder.context={context!r} is unknown; valid: {', '.join(CONTEXTS)}",
+        )
+        require(
+            attention in ATTENTIONS,
+            f"decoder.attention={attention!r} is unknown; valid: {', '.join(ATTENTIONS)}",
+        )
+        require(
+            attention == "soft" or context == "soft",
+            f"decoder.attention=hard needs decoder.context=soft (got {context!r}): the controls never attend",
+        )
+        require(
+            hard_inference in HARD_INFERENCE,
+            f"decoder.hard_inference={hard_inference!r} is unknown; valid: {', '.join(HARD_INFERENCE)}",
+        )
+        require(
+            0.0 <= hard_expected_prob <= 1.0,
+            f"decoder.hard_expected_prob={hard_expected_prob!r} must be in [0, 1] (the paper: 0.5)",
         )
         require(
             not (tie_weights and not deep_output and hidden_dim != embed_dim),
@@ -159,6 +185,11 @@ class Decoder(nn.Module):
         self.context = context
         self.attend_word = bool(attend_word)
         self.coverage = bool(coverage)
+        self.hard = attention == "hard"
+        self.hard_inference = hard_inference
+        self.hard_expected_prob = hard_expected_prob
+        if self.hard:  # REINFORCE's moving-average baseline [b, updates]: a buffer, so checkpoints keep it
+            self.register_buffer("location_baseline", torch.zeros(2))
 
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         # Small init keeps tied logits near zero at the start (N(0,1) rows give huge logits).
@@ -256,6 +287,27 @@ class Decoder(nn.Module):
 
         ``annotations``/``projected`` have one row per image (B); words and state have n consecutive
         rows per image (beams or samples; n=1 in training), which share that image's annotations.
+        Hard attention samples its location in training mode and uses ``hard_inference`` in eval mode;
+        alpha is then the one-hot of the location looked at (or the expectation's weights).
+        """
+        logits, alpha, state, _ = self.step_locations(words, state, annotations, projected)
+        return logits, alpha, state
+
+    def hard_mode(self) -> str:
+        """How hard attention picks z_t now: ``sample`` in training, ``hard_inference`` in eval mode."""
+        return "sample" if self.training else self.hard_inference
+
+    def step_locations(
+        self,
+        words: Tensor,
+        state: State,
+        annotations: Tensor,
+        projected: Tensor,
+        how: str | None = None,
+    ) -> tuple[Tensor, Tensor, State, Locations | None]:
+        """``step`` plus hard attention's chosen location (None with soft attention or the expectation).
+
+        ``how`` (hard only): ``sample`` | ``argmax`` | ``expectation``; None = ``hard_mode()``.
         """
         h, c, *coverage = state
         emb = self.embed(words)
@@ -275,9 +327,18 @@ class Decoder(nn.Module):
             emb if self.attend_word else None,
             coverage,
         )
+        locations = None
+        if self.hard and (how or self.hard_mode()) != "expectation":
+            # Sec. 4.1: z_t = a_s for one location s (Eq. 8-9); alpha becomes its one-hot weights.
+            alpha, locations = select_locations(alpha, how or self.hard_mode())
+            if not folded:
+                n = group_size(alpha.shape[0], annotations.shape[0])
+                context = torch.bmm(alpha.view(annotations.shape[0], n, -1), annotations).view(
+                    alpha.shape[0], -1
+                )
         beta = torch.sigmoid(self.f_beta(h[-1])) if self.f_beta is not None else None  # gate, Sec. 4.2.1
         if folded:
-            return self._folded_step(emb, alpha, beta, h, c, per_location, coverage)
+            return (*self._folded_step(emb, alpha, beta, h, c, per_location, coverage), locations)
         if beta is not None:
             context = beta * context
         out, (h, c) = self.lstm(torch.cat([emb, context], dim=-1).unsqueeze(0), (h, c))
@@ -287,8 +348,8 @@ class Decoder(nn.Module):
         else:
             logits = self.L_o(self.dropout(h_t))
         if coverage is not None:
-            return logits, alpha, (h, c, (coverage + alpha).unsqueeze(0))
-        return logits, alpha, (h, c)
+            return logits, alpha, (h, c, (coverage + alpha).unsqueeze(0)), locations
+        return logits, alpha, (h, c), locations
 
     def _folded_step(
         self,
@@ -359,7 +420,10 @@ class Decoder(nn.Module):
         projected = self.project(annotations)
         state = self.init_state(annotations)
         words = captions[:, 0]
-        logits, alphas = [], []
+        how = self.hard_mode() if self.hard else None
+        if self.hard and self.training and float(torch.rand(())) < self.hard_expected_prob:
+            how = "expectation"  # Sec. 4.1: the whole minibatch uses the expected context (arctic-captions)
+        logits, alphas, locations = [], [], []
         for t in range(captions.shape[1] - 1):
             if t > 0 and teacher_forcing < 1.0:
                 predicted = logits[-1].detach().argmax(dim=-1)
@@ -370,7 +434,12 @@ class Decoder(nn.Module):
                     words = torch.where(use_truth, captions[:, t], predicted)
             elif t > 0:
                 words = captions[:, t]
-            step_logits, alpha, state = self.step(words, state, annotations, projected)
+            step_logits, alpha, state, where = self.step_locations(words, state, annotations, projected, how)
             logits.append(step_logits)
             alphas.append(alpha)
-        return DecoderOutput(logits=torch.stack(logits, dim=1), alphas=torch.stack(alphas, dim=1))
+            locations.append(where)
+        out = DecoderOutput(logits=torch.stack(logits, dim=1), alphas=torch.stack(alphas, dim=1))
+        if locations[0] is not None and self.training:
+            out.location_log_probs = torch.stack([w.log_prob for w in locations], dim=1)
+            out.location_entropy = torch.stack([w.entropy for w in locations], dim=1)
+        return out

@@ -72,8 +72,8 @@ def train(
     cfg: DictConfig, run_dir: str | Path, on_validation: ValidationCallback | None = None
 ) -> dict[str, Any]:
     """Train with the composed config; returns the final metrics (also written to ``metrics.json``)."""
-    from captioner.model.loss import caption_loss
     from captioner.tracking import build_tracker
+    from captioner.train.objective import build_objective, check_objective, init_from
     from captioner.train.optim import build_optimizer, build_scheduler, clip_gradients
     from captioner.train.teacher_forcing import build_schedule
 
@@ -85,6 +85,7 @@ def train(
     dist_info = init_distributed(device.type)
     device = rank_device(device, dist_info)
     precision = resolve_precision(t.precision, device)
+    check_objective(cfg, dist_info.enabled)
     run_dir = Path(run_dir)
 
     # Resume: the checkpoint decides the run folder, and its config must match this one.
@@ -103,6 +104,9 @@ def train(
     if state is not None:
         _check_resume_compatible(state, vocab, cfg)
         model.load_state_dict(state["model"])
+    elif t.init_from:  # a second stage (e.g. SCST) starts from another run's weights
+        init_from(model, t.init_from, vocab, cfg)
+    objective = build_objective(cfg, model, vocab, records)
 
     optimizer = build_optimizer(model, **cfg.optimizer)
     steps_per_epoch = math.ceil(len(data.train) / t.accumulate)
@@ -151,7 +155,6 @@ def train(
             tracker.log_artifact(run_dir / "config.json")
 
     autocast = autocast_context(device, precision)
-    loss_kwargs = dict(smoothing=cfg.smoothing.value, att_gamma=t.att_gamma, att_reduction=t.att_reduction)
     status = "FAILED"
     try:
         for epoch in range(progress.epoch, t.epochs):
@@ -170,8 +173,7 @@ def train(
                 sync = nullcontext() if last_micro or not dist_info.enabled else train_model.no_sync()
                 with sync:
                     with autocast:
-                        out = train_model(inputs, captions, teacher_forcing=eps, features=data.cached)
-                        loss, parts = caption_loss(out, captions, **loss_kwargs)
+                        loss, parts = objective(train_model, inputs, batch, eps, data.cached)
                     if not torch.isfinite(loss):
                         raise TrainingError(
                             f"loss became {loss.item()} at epoch {epoch + 1}, step {progress.step}; "
@@ -191,6 +193,7 @@ def train(
                 seen += captions.shape[0]
                 running = 0.9 * running + 0.1 * loss.item() if running else loss.item()
                 bar.set_postfix(
+                    **({"reward": f"{float(parts['reward']):.3f}"} if "reward" in parts else {}),
                     loss=f"{running:.3f}",
                     eps=f"{eps:.2f}",
                     cap_s=f"{seen / (time.perf_counter() - started):.0f}",

@@ -1,0 +1,124 @@
+"""What one training step minimises (``objective=xe|scst``), and starting from another run's weights.
+
+``xe`` is the paper's word cross-entropy (label smoothing, doubly stochastic attention term), plus the
+REINFORCE and entropy terms of its variational bound when ``decoder.attention=hard`` (Sec. 4.1).
+``scst`` is self-critical sequence training (Rennie et al. 2017), a second stage started from an XE
+checkpoint with ``trainer.init_from`` (``captioner.train.scst``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
+
+from captioner.data.records import ImageRecord
+from captioner.data.vocab import Vocab
+from captioner.errors import CheckpointError, ConfigError
+
+OBJECTIVES = ("xe", "scst")
+
+
+class CrossEntropy:
+    """Teacher-forced word cross-entropy (+ hard attention's location terms): ``loss, parts = xe(...)``."""
+
+    def __init__(self, cfg: DictConfig, decoder: torch.nn.Module):
+        t, o = cfg.trainer, cfg.objective
+        self.loss_kwargs = dict(
+            smoothing=cfg.smoothing.value, att_gamma=t.att_gamma, att_reduction=t.att_reduction
+        )
+        self.location_kwargs = dict(
+            reinforce=o.location_reinforce, entropy=o.location_entropy, decay=o.location_baseline_decay
+        )
+        self.decoder = decoder
+
+    def __call__(
+        self, model: torch.nn.Module, inputs: Tensor, batch: Mapping[str, Any], eps: float, features: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Loss and detached parts of one (micro-)batch."""
+        from captioner.model.hard_attention import location_loss
+        from captioner.model.loss import caption_loss
+
+        captions = batch["captions"].to(inputs.device, non_blocking=True)
+        out = model(inputs, captions, teacher_forcing=eps, features=features)
+        loss, parts = caption_loss(out, captions, **self.loss_kwargs)
+        if out.location_log_probs is not None:  # hard attention, a sampled minibatch
+            extra, more = location_loss(
+                out.logits,
+                captions,
+                out.location_log_probs,
+                out.location_entropy,
+                self.decoder.location_baseline,
+                **self.location_kwargs,
+            )
+            loss = loss + extra
+            parts.update(more)
+        return loss, parts
+
+
+def check_objective(cfg: DictConfig, distributed: bool) -> None:
+    """Fail at start, in one line, on an objective the run cannot train (before data or weights load)."""
+    o, t = cfg.objective, cfg.trainer
+    if o.name not in OBJECTIVES:
+        raise ConfigError(f"objective.name={o.name!r} is unknown; choose one of: {', '.join(OBJECTIVES)}")
+    if t.init_from and not Path(t.init_from).is_file():
+        raise ConfigError(
+            f"trainer.init_from={t.init_from}: file not found; pass a checkpoint, e.g. runs/quality/soft/best.pt"
+        )
+    if o.name != "scst":
+        return
+    from captioner.train.scst import check_scst
+
+    if not (t.init_from or t.resume):
+        raise ConfigError(
+            "objective=scst needs an XE-trained model: set trainer.init_from=<checkpoint> "
+            "(e.g. runs/quality/soft/best.pt from `python train.py experiment=quality`)"
+        )
+    if distributed or t.compile:
+        raise ConfigError(
+            "objective=scst calls the decoder directly (no DDP or torch.compile wrapper); "
+            "run it on one process with trainer.compile=false"
+        )
+    check_scst(o)
+
+
+def build_objective(
+    cfg: DictConfig, model: torch.nn.Module, vocab: Vocab, records: Mapping[str, ImageRecord]
+) -> Any:
+    """The objective's callable: ``loss, parts = objective(train_model, inputs, batch, eps, features)``."""
+    if cfg.objective.name == "scst":
+        from captioner.train.scst import SelfCritical
+
+        return SelfCritical(cfg.objective, model, vocab, records)
+    return CrossEntropy(cfg, model.decoder)
+
+
+def init_from(model: torch.nn.Module, path: str, vocab: Vocab, cfg: DictConfig) -> None:
+    """Load another run's model weights (not its optimiser or counters) to start a new training stage."""
+    from captioner.runtime import checkpoint as ckpt
+
+    state = ckpt.load_checkpoint(path)
+    if state["vocab"] != vocab.itos:
+        raise CheckpointError(
+            f"trainer.init_from={path}: its vocabulary differs from the data's vocab.json; "
+            "use a checkpoint trained on the same data config"
+        )
+    for key in ("encoder", "decoder"):
+        now, before = OmegaConf.to_container(cfg[key], resolve=True), state["config"].get(key, {})
+        changed = sorted(k for k in now if k in before and before[k] != now[k])
+        if changed:
+            diff = ", ".join(f"{key}.{k}: {before[k]} -> {now[k]}" for k in changed)
+            raise CheckpointError(
+                f"trainer.init_from={path} was trained with another {key} config ({diff}); "
+                f"start from the same {key} settings (e.g. the experiment it was trained with)"
+            )
+    missing, unexpected = model.load_state_dict(state["model"], strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"trainer.init_from={path} does not fit this model (missing {missing[:3]}, unexpected "
+            f"{unexpected[:3]}); start from a checkpoint of the same encoder and decoder config"
+        )
