@@ -64,10 +64,15 @@ class Postgres:
         )
 
 
+def _runuser() -> str | None:
+    """util-linux's runuser; it lives in /usr/sbin, which a minimal PATH (env -i, cron) leaves out."""
+    return shutil.which("runuser", path=f"{os.environ.get('PATH', '')}:/usr/sbin:/sbin")
+
+
 def _as_owner(owner: str | None, cmd: list[str | Path]) -> list[str]:
     """`cmd` run as `owner` (initdb and postgres refuse to run as root)."""
     cmd = [str(c) for c in cmd]
-    return ["runuser", "-u", owner, "--", *cmd] if owner else cmd
+    return [_runuser() or "runuser", "-u", owner, "--", *cmd] if owner else cmd
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +86,7 @@ def postgres() -> Iterator[Postgres]:
     owner = None
     if os.geteuid() == 0:
         owner = "postgres" if _user_exists("postgres") else "nobody"
-        if shutil.which("runuser") is None:
+        if _runuser() is None:
             pytest.skip("running as root without runuser: cannot start PostgreSQL as an unprivileged user")
     # Not under pytest's tmp_path: its parents are private to root, and the server runs as `owner`.
     root = Path(tempfile.mkdtemp(prefix="captioner-pg-"))
