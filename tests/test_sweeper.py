@@ -169,7 +169,16 @@ def test_interrupted_sweep_frees_its_point_at_once(tmp_path: Path) -> None:
     # and the next run resumes its folder.
     fixed = (GRID, "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=s")  # sleep is not a study key
     cmd = sweep_cmd(tmp_path, *fixed, "sleep=60")
-    sweep = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    # A shell's background job (CI scripts, nohup) starts with SIGINT ignored, and Python then installs
+    # no KeyboardInterrupt handler: restore the default in the child, as a terminal's Ctrl-C finds it.
+    sweep = subprocess.Popen(
+        cmd,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     while not (tmp_path / "multirun" / "0" / "last.pt").exists():  # the trial has started
         assert time.monotonic() < deadline and sweep.poll() is None
