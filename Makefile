@@ -17,13 +17,13 @@ install:  ## install the package (editable) with its test extras
 demo: install weights  ## the main job: train on the generated shapes set, print a caption, write an attention figure
 	$(PY) train.py experiment=demo
 
-test: install  ## every test, slow ones included (exact resume, DDP, MLflow, golden run): the command CI runs
+test: install weights  ## every test, slow ones included (exact resume, DDP, MLflow, golden run): the command CI runs
 	$(PY) -m pytest -m "slow or not slow"
 
-test-fast: install  ## the default suite only (plain `pytest`: the fast tests, a couple of minutes)
+test-fast: install weights  ## the default suite only (plain `pytest`: the fast tests, a couple of minutes)
 	$(PY) -m pytest
 
-test-slow: install  ## slow and data-heavy checks only
+test-slow: install weights  ## slow and data-heavy checks only
 	$(PY) -m pytest -m slow
 
 lint:  ## ruff check + format check
