@@ -28,6 +28,7 @@ from torch import nn
 
 from captioner.data.features import FeatureCache
 from captioner.data.loaders import build_loaders
+from captioner.data.pipeline import NO_AUGMENT
 from captioner.data.records import MANIFEST, ImageRecord, content_hash, write_annotations, write_json_atomic
 from captioner.data.store import ImageStoreWriter
 from captioner.data.vocab import Vocab, tokenize
@@ -39,13 +40,6 @@ AUGMENT = {
     "noise_std": 0.05,
     "optical_strength": 0.2,
     "crop_scale_min": 0.9,
-}
-NO_AUGMENT = {
-    "hflip": 0.0,
-    "color_jitter": 0.0,
-    "noise_std": 0.0,
-    "optical_strength": 0.0,
-    "crop_scale_min": 1.0,
 }
 
 
