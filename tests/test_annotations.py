@@ -17,12 +17,13 @@ from captioner.data.records import ANNOTATIONS, ImageRecord, load_annotations, w
 from captioner.data.vocab import Vocab
 
 
-def counting_parser(monkeypatch) -> list[Path]:
-    """Forget every parsed file, then record each parse of an annotations file from now on."""
+def counting_parser(monkeypatch, what: str = "_read_annotations") -> list[Path]:
+    """Forget every file read in this process, then record each read of an annotations file from now on
+    (``_read_annotations``: from the file or its array sidecar; ``_parse_annotations``: JSON parses only)."""
     calls: list[Path] = []
-    real = records_module._parse_annotations
+    real = getattr(records_module, what)
     monkeypatch.setattr(records_module, "_LOADED", {})
-    monkeypatch.setattr(records_module, "_parse_annotations", lambda path: calls.append(path) or real(path))
+    monkeypatch.setattr(records_module, what, lambda path, *a: calls.append(path) or real(path, *a))
     return calls
 
 
@@ -108,3 +109,34 @@ def test_vectorised_encoding_equals_vocab_encode(tmp_path):
         assert [ids[a:b].tolist() for a, b in zip(starts[:-1], starts[1:])] == expected
     ds = CaptionDataset(tmp_path, "train", vocab)
     assert [ds.records[i].tokens[j] for i, j in ds.pairs] == [ann.caption_tokens(c) for c in ds.captions]
+
+
+def test_starts_read_the_array_sidecar_and_a_changed_file_or_read_only_folder_is_parsed(tmp_path, monkeypatch):
+    make_prepared(tmp_path, {"train": 3, "val": 2})
+    records = [
+        ImageRecord("b", "train", "img/b.jpg", ["Ünïcode café"], [["ünïcode", "café"]], {"objects": [[1, 2]]}),
+        ImageRecord("a", "val", "a", ["a b", "c"], [["a", "b"], ["c"]]),
+    ]
+    write_annotations(tmp_path, records)  # writes the sidecar too
+    sidecar = tmp_path / records_module.ANNOTATIONS_INDEX
+    parses = counting_parser(monkeypatch, "_parse_annotations")
+    ann = load_annotations(tmp_path)
+    assert list(ann.values()) == records and sidecar.exists() and parses == []
+    assert ann.splits == ["train", "val"] and ann["a"] == records[1] and ann.rows("val").tolist() == [1]
+
+    def new_process():
+        monkeypatch.setattr(records_module, "_LOADED", {})
+
+    # another tool rewrites the file: the sidecar no longer matches, so it is parsed (and the sidecar renewed)
+    (tmp_path / ANNOTATIONS).write_text(json.dumps({"images": [vars(records[1])]}))
+    assert list(load_annotations(tmp_path).values()) == records[1:] and len(parses) == 1
+    new_process()
+    assert list(load_annotations(tmp_path).values()) == records[1:] and len(parses) == 1
+    sidecar.write_bytes(b"not a zip")  # damaged: parsed again, never an error
+    new_process()
+    assert list(load_annotations(tmp_path).values()) == records[1:] and len(parses) == 2
+    sidecar.unlink()
+    monkeypatch.setattr(records_module, "open_atomic", lambda path: open("/nonexistent/x", "wb"))
+    new_process()
+    assert list(load_annotations(tmp_path).values()) == records[1:]  # a read-only folder still loads
+    assert not sidecar.exists() and len(parses) == 3
