@@ -111,10 +111,14 @@ def test_vectorised_encoding_equals_vocab_encode(tmp_path):
     assert [ds.records[i].tokens[j] for i, j in ds.pairs] == [ann.caption_tokens(c) for c in ds.captions]
 
 
-def test_starts_read_the_array_sidecar_and_a_changed_file_or_read_only_folder_is_parsed(tmp_path, monkeypatch):
+def test_starts_read_the_array_sidecar_and_a_changed_file_or_read_only_folder_is_parsed(
+    tmp_path, monkeypatch
+):
     make_prepared(tmp_path, {"train": 3, "val": 2})
     records = [
-        ImageRecord("b", "train", "img/b.jpg", ["Ünïcode café"], [["ünïcode", "café"]], {"objects": [[1, 2]]}),
+        ImageRecord(
+            "b", "train", "img/b.jpg", ["Ünïcode café"], [["ünïcode", "café"]], {"objects": [[1, 2]]}
+        ),
         ImageRecord("a", "val", "a", ["a b", "c"], [["a", "b"], ["c"]]),
     ]
     write_annotations(tmp_path, records)  # writes the sidecar too
