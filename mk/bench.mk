@@ -39,11 +39,12 @@ bench-coco:  ## real photos: the same on COCO (Karpathy splits)
 # pretrain_finetune sweep.
 QUALITY_DIR ?= runs/quality
 QUALITY_ARGS ?=
-QUALITY_RUNS := soft mean blind hard scst
+QUALITY_RUNS := soft mean blind hard scst scst_bleu scst_f1
 .PHONY: bench-quality
 bench-quality: $(foreach r,$(QUALITY_RUNS),$(QUALITY_DIR)/$(r)/metrics.json)  ## shapes quality: soft vs hard attention, XE vs SCST, mean-context and image-blind controls
 	$(PY) bench/quality.py $(foreach r,$(QUALITY_RUNS),--run $(r)=$(QUALITY_DIR)/$(r)) --reuse \
-		--sweep-result sweeps/results/pretrain_finetune_cpu.json $(BENCH_ARGS)
+		$(if $(wildcard sweeps/results/pretrain_finetune_cpu.json),--sweep-result sweeps/results/pretrain_finetune_cpu.json) \
+		$(BENCH_ARGS)
 
 resume_from = $(if $(wildcard $(QUALITY_DIR)/$(1)/last.pt),trainer.resume=$(QUALITY_DIR)/$(1))
 
@@ -54,6 +55,19 @@ $(QUALITY_DIR)/hard/metrics.json:
 $(QUALITY_DIR)/scst/metrics.json: $(QUALITY_DIR)/soft/metrics.json
 	$(PY) train.py experiment=quality_scst trainer.init_from=$(QUALITY_DIR)/soft/best.pt \
 		hydra.run.dir=$(QUALITY_DIR)/scst $(QUALITY_ARGS) $(call resume_from,scst)
+
+# SCST with each reward, all from the same soft XE checkpoint: scst = CIDEr-D (Rennie et al.); scst_bleu =
+# BLEU-4 alone; scst_f1 = CIDEr-D plus the grounded object F1 (x5: on the scale of CIDEr-D's fraction, ~5
+# on shapes, so neither term drowns the other; F1 alone would not reward fluent word order).
+$(QUALITY_DIR)/scst_bleu/metrics.json: $(QUALITY_DIR)/soft/metrics.json
+	$(PY) train.py experiment=quality_scst trainer.init_from=$(QUALITY_DIR)/soft/best.pt \
+		objective.reward.cider_d=0 objective.reward.bleu4=5 trainer.early_stop.metric=bleu4 \
+		hydra.run.dir=$(QUALITY_DIR)/scst_bleu $(QUALITY_ARGS) $(call resume_from,scst_bleu)
+
+$(QUALITY_DIR)/scst_f1/metrics.json: $(QUALITY_DIR)/soft/metrics.json
+	$(PY) train.py experiment=quality_scst trainer.init_from=$(QUALITY_DIR)/soft/best.pt \
+		objective.reward.object_f1=5 trainer.early_stop.metric=object_f1 \
+		hydra.run.dir=$(QUALITY_DIR)/scst_f1 $(QUALITY_ARGS) $(call resume_from,scst_f1)
 
 $(QUALITY_DIR)/%/metrics.json:
 	$(PY) train.py experiment=quality decoder.context=$* hydra.run.dir=$(QUALITY_DIR)/$* $(QUALITY_ARGS) \

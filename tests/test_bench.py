@@ -189,3 +189,38 @@ def test_quality_caption_stats_show_repetition_and_length():
     stats = caption_stats(["a red circle", "a red circle and a red circle", "two blue stars"])
     assert stats["repetition"] == pytest.approx(1 / 3)  # only the second repeats a trigram
     assert stats["length"] == pytest.approx((3 + 7 + 3) / 3)
+
+
+def test_quality_train_minutes_sum_the_spooled_epoch_times_and_carried_rows_keep_their_commit(tmp_path):
+    from quality import carried_rows, train_minutes
+
+    from captioner.errors import ConfigError
+    from captioner.tracking.spool import SPOOL_NAME
+
+    run = tmp_path / "run"
+    run.mkdir()
+    assert train_minutes(run / "best.pt") is None  # logger=none: no spool
+    lines = [
+        {
+            "seq": 0,
+            "op": "metrics",
+            "metrics": [["train.loss", 2.0, 1, 1], ["time.epoch_train_s", 90.0, 2, 10]],
+        },
+        {"op": "ack", "seq": 0},
+        {"seq": 1, "op": "metrics", "metrics": [["time.epoch_train_s", 30.0, 3, 20]]},
+    ]
+    (run / SPOOL_NAME).write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert train_minutes(run / "best.pt") == 2.0
+
+    old = tmp_path / "quality.json"
+    record = {
+        "git_commit": "abc123",
+        "runs": [{"run": "mean"}, {"run": "soft"}],
+        "rows": [{"run": "mean", "split": "test"}, {"run": "soft", "split": "test"}],
+    }
+    old.write_text(json.dumps(record))
+    rows, sources = carried_rows(old, ["mean"])
+    assert rows == [{"run": "mean", "split": "test", "measured_at": "abc123"}]
+    assert sources == [{"run": "mean", "measured_at": "abc123"}]
+    with pytest.raises(ConfigError, match="--carry blind: not in"):
+        carried_rows(old, ["blind"])
