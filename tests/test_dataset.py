@@ -125,3 +125,25 @@ def test_worker_augmentation_is_reproducible_per_seed(prepared):
 
     a, b, c = first_batch(0), first_batch(0), first_batch(1)
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_whole_image_batches_load_each_image_once_with_one_flip_for_all_its_captions(tmp_path):
+    root = tmp_path
+    vocab = make_prepared(root, {"train": 4, "val": 2}, source="shapes")  # shapes: a flip swaps left/right
+    train, _ = build_loaders(
+        root, vocab, batch_size=4, image_size=16, group_by_image=True, augment={"hflip": 0.5}, seed=3
+    )
+    seen, flips = [], set()
+    for batch in train:
+        index, images = batch["image_index"], batch["images"]
+        assert images.shape[0] == len(set(batch["image_ids"])) == int(index.max()) + 1  # each image once
+        slots = {image_id: n for n, image_id in enumerate(dict.fromkeys(batch["image_ids"]))}
+        assert index.tolist() == [slots[i] for i in batch["image_ids"]]
+        for row, image_id in enumerate(batch["image_ids"]):
+            words = vocab.decode(batch["captions"][row].tolist())
+            flipped = images[index[row], 0, 0, 0] < images[index[row], 2, 0, 0]  # blue now on the left
+            if words[:4] in (["red", "left", "blue", "right"], ["red", "right", "blue", "left"]):
+                assert (words[1] == "right") == bool(flipped), (image_id, words)  # the words follow the flip
+                flips.add(bool(flipped))
+        seen += batch["indices"].tolist()
+    assert sorted(seen) == list(range(8)) and flips == {True, False}

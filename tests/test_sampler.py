@@ -74,3 +74,28 @@ def test_invalid_arguments_raise_config_error():
         BucketBatchSampler(LENGTHS, 16, num_replicas=2, rank=2)
     with pytest.raises(ConfigError, match="batch_size=0"):
         BucketBatchSampler(LENGTHS, 0)
+
+
+def test_image_batches_hold_whole_images_about_batch_size_captions_sharded_and_resumable():
+    from captioner.data.sampler import ImageBatchSampler
+
+    images = [k // 5 for k in range(500)]  # 100 images x 5 captions, items of an image together
+    _rng.shuffle(images)  # ... or anywhere: the sampler finds each image's items
+    sampler = ImageBatchSampler(images, batch_size=32, seed=0)
+    batches = list(sampler)
+    assert sampler.state_dict()["batch_size"] == 6  # round(32 / 5) images a batch
+    assert len(batches) == len(sampler) == 17 and sorted(i for b in batches for i in b) == list(range(500))
+    for b in batches:
+        owners = [images[i] for i in b]
+        assert all(owners.count(o) == 5 for o in owners)  # every caption of each image it holds
+        assert owners == sorted(owners, key=owners.index)  # an image's items come one after another
+    assert sorted(len(b) for b in batches) == [20] + [30] * 16  # the one short batch is shuffled in too
+    again = ImageBatchSampler(images, batch_size=32, seed=0)
+    again.set_epoch(1)
+    assert list(again) != batches and list(ImageBatchSampler(images, batch_size=32, seed=0)) == batches
+    shards = [list(ImageBatchSampler(images, 32, seed=0, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 9
+    assert not {images[i] for b in shards[0][:8] for i in b} & {images[i] for b in shards[1][:8] for i in b}
+    resumed = ImageBatchSampler(images, batch_size=32, seed=0)
+    resumed.load_state_dict(sampler.state_dict(batches_done=4))
+    assert list(resumed) == batches[4:]

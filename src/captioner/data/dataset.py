@@ -138,6 +138,7 @@ class CaptionDataset(Dataset):
         transform: Callable | None = None,
         features: Any = None,
         flip_words: FlipWords | None = None,
+        group_by_image: bool = False,
     ):
         require(max_len >= 1, f"max_len={max_len} must be >= 1 (words per training caption)")
         self.root = Path(root)
@@ -162,6 +163,10 @@ class CaptionDataset(Dataset):
         # Ids are encoded up front so the sampler has lengths.
         self._ids, self._id_starts = encode_captions(self.annotations, self.captions, vocab, max_len)
         self.lengths = np.diff(self._id_starts).tolist()
+        # With whole-image batches (ImageBatchSampler) an image's items come one after another in one
+        # worker: they share the first one's flip and augmented view, loaded once (collate_grouped).
+        self.group_by_image = group_by_image
+        self._last: tuple | None = None
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -169,14 +174,17 @@ class CaptionDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         i = self.pairs[index][0]
         image_id = str(self.image_ids[i])
+        shared = self.group_by_image and self._last is not None and self._last[0] == i
         # torch's RNG, so DataLoader's per-worker seeding makes the flips reproducible.
-        flip = self.hflip > 0 and torch.rand(()).item() < self.hflip
+        flip = self._last[1] if shared else self.hflip > 0 and torch.rand(()).item() < self.hflip
         if flip and self.flip_words is not None:
             tokens = self.annotations.caption_tokens(int(self.captions[index]))
             caption = torch.tensor(self.vocab.encode(self.flip_words(tokens), self.max_len), dtype=torch.long)
         else:
             caption = torch.from_numpy(self._ids[self._id_starts[index] : self._id_starts[index + 1]]).long()
-        key, value = self.source.load(image_id, flip)
+        key, value = self._last[2:] if shared else self.source.load(image_id, flip)
+        if self.group_by_image:
+            self._last = (i, flip, key, value)
         return {key: value, "caption": caption, "length": len(caption), "image_id": image_id, "index": index}
 
 
@@ -220,6 +228,28 @@ def collate_captions(items: list[dict]) -> dict:
     """Stack inputs and right-pad captions with PAD_ID to the longest in the batch."""
     batch: dict = {}
     _stack_inputs(items, batch)
+    return _add_captions(items, batch)
+
+
+def collate_grouped(items: list[dict]) -> dict:
+    """Like :func:`collate_captions`, but each image's input once: ``image_index`` maps captions to inputs.
+
+    For :class:`~captioner.data.sampler.ImageBatchSampler` batches, whose items of one image carry the
+    same view (``CaptionDataset(group_by_image=True)``); ``Captioner.forward(image_index=...)`` encodes
+    the distinct images and gives each caption its image's annotations.
+    """
+    slot: dict[str, int] = {}  # image id -> its row among the distinct inputs
+    distinct = []
+    for it in items:
+        if it["image_id"] not in slot:
+            slot[it["image_id"]] = len(distinct)
+            distinct.append(it)
+    batch: dict = {"image_index": torch.tensor([slot[it["image_id"]] for it in items], dtype=torch.long)}
+    _stack_inputs(distinct, batch)
+    return _add_captions(items, batch)
+
+
+def _add_captions(items: list[dict], batch: dict) -> dict:
     lengths = torch.tensor([it["length"] for it in items], dtype=torch.long)
     captions = torch.full((len(items), int(lengths.max())), PAD_ID, dtype=torch.long)
     for row, it in enumerate(items):

@@ -9,10 +9,16 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from captioner.data.dataset import CaptionDataset, ImageDataset, collate_captions, collate_images
+from captioner.data.dataset import (
+    CaptionDataset,
+    ImageDataset,
+    collate_captions,
+    collate_grouped,
+    collate_images,
+)
 from captioner.data.features import FeatureReader
 from captioner.data.records import load_annotations
-from captioner.data.sampler import BucketBatchSampler
+from captioner.data.sampler import BucketBatchSampler, ImageBatchSampler
 from captioner.data.transforms import build_eval_transform, build_train_transform
 from captioner.data.vocab import Vocab
 from captioner.errors import ConfigError, require
@@ -36,6 +42,7 @@ def build_loaders(
     max_len: int = 30,
     num_workers: int = 0,
     bucket: bool = True,
+    group_by_image: bool = False,
     augment: dict | None = None,
     features: FeatureReader | None = None,
     distributed: tuple[int, int] = (1, 0),
@@ -50,6 +57,8 @@ def build_loaders(
     frozen-encoder annotations) no image is read and augmentation must be off. Eval loaders cover
     ``eval_splits`` (default: every split but train) in dataset order, sharded under DDP; the
     train sampler is ``train_loader.batch_sampler`` (call ``set_epoch``; save its state to resume).
+    ``group_by_image`` batches whole images (every caption of each image, one view shared by them,
+    each image's input once with ``image_index``; see :class:`ImageBatchSampler`) instead of buckets.
     """
     augment = dict(augment or {})
     unknown = sorted(set(augment) - set(AUGMENT_KEYS))
@@ -72,22 +81,17 @@ def build_loaders(
         max_len,
         transform=None if features is not None else build_train_transform(image_size, **augment),
         features=features,
+        group_by_image=group_by_image,
     )
-    sampler = BucketBatchSampler(
-        train.lengths,
-        batch_size,
-        shuffle=True,
-        seed=seed,
-        num_replicas=num_replicas,
-        rank=rank,
-        drop_last=drop_last,
-        bucket=bucket,
-    )
+    shards = dict(shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank, drop_last=drop_last)
+    if group_by_image:
+        sampler = ImageBatchSampler(train.pairs[:, 0], batch_size, **shards)
+    else:
+        sampler = BucketBatchSampler(train.lengths, batch_size, bucket=bucket, **shards)
     # Seeds the workers' RNG (flips, crops, jitter): reproducible, and different per rank.
     generator = torch.Generator().manual_seed(seed * 1000 + rank)
-    train_loader = DataLoader(
-        train, batch_sampler=sampler, collate_fn=collate_captions, generator=generator, **common
-    )
+    collate = collate_grouped if group_by_image else collate_captions
+    train_loader = DataLoader(train, batch_sampler=sampler, collate_fn=collate, generator=generator, **common)
 
     if eval_splits is None:
         eval_splits = [s for s in load_annotations(root).splits if s != "train"]

@@ -130,3 +130,32 @@ class BucketBatchSampler(Sampler[list[int]]):
                 )
         self.epoch = state["epoch"]
         self.start_batch = state["batches_done"]
+
+
+class ImageBatchSampler(BucketBatchSampler):
+    """Batches of whole images: every caption of each chosen image, about ``batch_size`` captions a batch.
+
+    For training that runs the encoder (fine-tuning, or augmented images): the encoder then sees each
+    image once per batch and its features serve all the image's captions (``collate_grouped`` sends
+    ``image_index``), about 5x fewer encoder passes than one image per caption. ``images`` gives the
+    image (an integer key) of every item; a batch takes ``round(batch_size / mean captions per image)``
+    images (at least one). The image order, sharding, ``drop_last`` and resume are the bucket sampler's
+    (without length buckets), counted in images: ``batch_size`` in :meth:`state_dict` is images a batch.
+    """
+
+    def __init__(self, images: Sequence[int], batch_size: int, **kwargs):
+        images = torch.as_tensor(images, dtype=torch.long)
+        require(len(images) > 0, "ImageBatchSampler got no items; the split is empty")
+        # the items of the k-th distinct image are order[starts[k]:starts[k + 1]], in item order
+        order = torch.sort(images, stable=True).indices
+        counts = torch.unique_consecutive(images[order], return_counts=True)[1]
+        self._order, self._starts = order.tolist(), [0, *counts.cumsum(0).tolist()]
+        kwargs["bucket"] = False  # whole images: their captions' lengths cannot be bucketed
+        per_batch = max(1, round(batch_size * len(counts) / len(images)))
+        super().__init__([1] * len(counts), per_batch, **kwargs)
+
+    def _all_batches(self) -> list[list[int]]:
+        order, starts = self._order, self._starts
+        return [
+            [i for k in batch for i in order[starts[k] : starts[k + 1]]] for batch in super()._all_batches()
+        ]

@@ -43,13 +43,19 @@ class Captioner(nn.Module):
         )
 
     def forward(
-        self, inputs: Tensor, captions: Tensor, teacher_forcing: float = 1.0, features: bool | None = None
+        self,
+        inputs: Tensor,
+        captions: Tensor,
+        teacher_forcing: float = 1.0,
+        features: bool | None = None,
+        image_index: Tensor | None = None,
     ) -> DecoderOutput:
         """Teacher-forced pass from images (B,3,H,W) or cached features (B,h,w,D).
 
         ``features=None`` infers the kind from the shape (channels-first with 3 channels = images,
         last dim == decoder.encoder_dim = features) and raises if both readings fit; pass it explicitly
-        to skip the guess.
+        to skip the guess. ``image_index`` (N,) gives each of N captions its row of ``inputs`` (batches
+        of whole images: each image is encoded once for all its captions); None = one row per caption.
         """
         require(inputs.dim() == 4, f"Captioner input must be 4-dim, got shape {tuple(inputs.shape)}")
         if features is None:
@@ -58,4 +64,6 @@ class Captioner(nn.Module):
             annotations = inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])
         else:
             annotations, _ = self.encode(inputs)
+        if image_index is not None:
+            annotations = annotations.index_select(0, image_index)
         return self.decoder(annotations, captions, teacher_forcing)

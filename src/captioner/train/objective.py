@@ -44,7 +44,10 @@ class CrossEntropy:
         from captioner.model.loss import caption_loss
 
         captions = batch["captions"].to(inputs.device, non_blocking=True)
-        out = model(inputs, captions, teacher_forcing=eps, features=features)
+        image_index = batch.get("image_index")  # batches of whole images (data.loader.group_by_image)
+        if image_index is not None:
+            image_index = image_index.to(inputs.device, non_blocking=True)
+        out = model(inputs, captions, teacher_forcing=eps, features=features, image_index=image_index)
         loss, parts = caption_loss(out, captions, **self.loss_kwargs)
         if out.location_log_probs is not None:  # hard attention, a sampled minibatch
             extra, more = location_loss(
@@ -82,6 +85,10 @@ def check_objective(cfg: DictConfig, distributed: bool) -> None:
         raise ConfigError(
             "objective=scst calls the decoder directly (no DDP or torch.compile wrapper); "
             "run it on one process with trainer.compile=false"
+        )
+    if cfg.data.loader.group_by_image:
+        raise ConfigError(
+            "objective=scst samples captions per image itself; set data.loader.group_by_image=false"
         )
     check_scst(o)
 
