@@ -32,8 +32,9 @@ from reference_decoder import ReferenceDecoder
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
 
-from captioner.model.decoder import Decoder, DecoderOutput, State
+from captioner.model.decoder import Decoder, DecoderOutput
 from captioner.model.loss import caption_loss
+from captioner.model.state import DecoderState
 
 CONFIGS = {
     "D1280/H512": dict(encoder_dim=1280, embed_dim=512, hidden_dim=512, attention_dim=512),
@@ -50,11 +51,16 @@ class LSTMCellDecoder(Decoder):
     single most expensive op of the step (see --profile); lstm_cell is two GEMMs plus a fused cell.
     """
 
-    def step(
-        self, words: Tensor, state: State, annotations: Tensor, projected: Tensor
-    ) -> tuple[Tensor, Tensor, State]:
-        """As Decoder.step (1 layer), with the LSTM computed by torch.lstm_cell."""
-        h, c = state
+    def step_locations(
+        self,
+        words: Tensor,
+        state: DecoderState,
+        annotations: Tensor,
+        projected: Tensor,
+        how: str | None = None,
+    ) -> tuple[Tensor, Tensor, DecoderState, None]:
+        """As Decoder.step_locations (1 layer, soft attention), with the LSTM computed by torch.lstm_cell."""
+        h, c = state.h, state.c
         emb = self.embed(words)
         context, alpha = self.attention(annotations, projected, h[-1])
         if self.f_beta is not None:
@@ -72,7 +78,7 @@ class LSTMCellDecoder(Decoder):
             logits = self.L_o(self.dropout(emb + self.L_h(h_t) + self.L_z(context)))
         else:
             logits = self.L_o(self.dropout(h_t))
-        return logits, alpha, (h_t.unsqueeze(0), c_t.unsqueeze(0))
+        return logits, alpha, DecoderState(h_t.unsqueeze(0), c_t.unsqueeze(0)), None
 
 
 class HoistedDecoder(Decoder):
@@ -86,7 +92,8 @@ class HoistedDecoder(Decoder):
         """Same outputs as Decoder.forward with teacher_forcing=1.0."""
         assert teacher_forcing == 1.0 and self.num_layers == 1 and self.deep_output
         projected = self.project(annotations)
-        h, c = (s[0] for s in self.init_state(annotations))
+        state = self.init_state(annotations)
+        h, c = state.h[0], state.c[0]
         emb = self.embed(captions[:, :-1])  # (B, T-1, E): every input word is known up front
         lstm, e = self.lstm, self.embed_dim
         w_emb, w_ctx = lstm.weight_ih_l0[:, :e], lstm.weight_ih_l0[:, e:]

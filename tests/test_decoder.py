@@ -8,8 +8,9 @@ import pytest
 import torch
 from conftest import group_yaml
 
+from captioner.decode import beam_search
 from captioner.errors import ConfigError
-from captioner.model import Captioner, Decoder, build_encoder, load_glove
+from captioner.model import Captioner, Decoder, DecoderState, build_encoder, load_glove
 from captioner.model.loss import caption_loss
 
 V, D, L = 12, 6, 5
@@ -35,8 +36,8 @@ def batch(b: int = 3, t: int = 6) -> tuple[torch.Tensor, torch.Tensor]:
 def test_shapes_and_attention_is_a_distribution(beta_gate: str, num_layers: int) -> None:
     dec = tiny(beta_gate=beta_gate, num_layers=num_layers)
     annotations, captions = batch()
-    h, c = dec.init_state(annotations)
-    assert h.shape == c.shape == (num_layers, 3, 8)
+    h, c, coverage = dec.init_state(annotations)
+    assert h.shape == c.shape == (num_layers, 3, 8) and coverage is None
     out = dec(annotations, captions)
     assert out.logits.shape == (3, 5, V) and out.alphas.shape == (3, 5, L)
     assert torch.allclose(out.alphas.sum(-1), torch.ones(3, 5))
@@ -174,24 +175,24 @@ def test_coverage_sums_past_attention_and_steers_the_next_step() -> None:
     annotations, captions = batch()
     projected = dec.project(annotations)
     state = dec.init_state(annotations)
-    assert state[2].shape == (1, 3, L) and not state[2].any()
+    assert state.coverage.shape == (1, 3, L) and not state.coverage.any()
     with torch.no_grad():
         dec.attention.coverage_weight.normal_(0.0, 2.0)
         total = torch.zeros(3, L)
         for t in range(3):
             _, alpha, state = dec.step(captions[:, t], state, annotations, projected)
             total += alpha
-        assert torch.allclose(state[2][0], total)
+        assert torch.allclose(state.coverage[0], total)
         # The same h, c and word with another coverage attend elsewhere.
         h, c, cov = state
-        alpha_a = dec.step(captions[:, 3], (h, c, cov), annotations, projected)[1]
-        alpha_b = dec.step(captions[:, 3], (h, c, cov.flip(-1) * 3), annotations, projected)[1]
+        alpha_a = dec.step(captions[:, 3], DecoderState(h, c, cov), annotations, projected)[1]
+        alpha_b = dec.step(captions[:, 3], DecoderState(h, c, cov.flip(-1) * 3), annotations, projected)[1]
     assert not torch.allclose(alpha_a, alpha_b)
     loss, _ = caption_loss(dec(annotations, captions), captions)
     loss.backward()
     assert dec.attention.coverage_weight.grad.abs().sum() > 0
     # The controls keep the parameter (one checkpoint layout) but carry no coverage.
-    assert len(tiny(coverage=True, context="mean").init_state(annotations)) == 2
+    assert tiny(coverage=True, context="mean").init_state(annotations).coverage is None
 
 
 def test_blind_decoder_never_sees_the_image() -> None:
@@ -202,7 +203,7 @@ def test_blind_decoder_never_sees_the_image() -> None:
         out, out_other = dec(annotations, captions), dec(other, captions)
         state, state_other = dec.init_state(annotations), dec.init_state(other)
     assert torch.equal(out.logits, out_other.logits)
-    assert all(torch.equal(a, b) for a, b in zip(state, state_other))
+    assert torch.equal(state.h, state_other.h) and torch.equal(state.c, state_other.c)
     assert torch.allclose(out.alphas, torch.full_like(out.alphas, 1 / L))
 
 
@@ -266,3 +267,21 @@ def test_control_experiments_set_context_and_tag(name: str, context: str) -> Non
     path = Path(__file__).resolve().parents[1] / "conf" / "experiment" / f"{name}.yaml"
     cfg = OmegaConf.load(path)
     assert cfg.decoder.context == context and cfg.logger.tags.control == name
+
+
+@pytest.mark.parametrize("coverage", [True, False])
+def test_state_repeats_and_reorders_every_tensor_alike(coverage: bool) -> None:
+    """Beam search repeats the state per beam and picks parent rows: h, c and coverage move together."""
+    dec = tiny(coverage=coverage, num_layers=2).eval()
+    annotations, _ = batch()
+    state = dec.init_state(annotations).map(lambda s: s + torch.arange(3.0)[:, None])  # rows told apart
+    beams = state.repeat(2)
+    assert beams.h.shape == beams.c.shape == (2, 6, 8)
+    assert (beams.coverage is None) == (not coverage)
+    rows = torch.tensor([5, 0, 2])
+    picked = beams.select(rows)
+    for got, was in zip(picked, beams, strict=True):
+        assert (got is None and was is None) or torch.equal(got, was[:, rows])
+    assert torch.equal(picked.h[:, 0], state.h[:, 2]) and torch.equal(picked.c[:, 1], state.c[:, 0])
+    with torch.no_grad():
+        assert beam_search(dec, annotations, k=2, n_best=2, max_len=4).tokens.shape[:2] == (3, 2)

@@ -8,6 +8,7 @@ import torch
 from scipy.stats import chi2
 
 from captioner.decode import beam_search, greedy, sample, sample_with_grad
+from captioner.model import fast_decode
 from captioner.model.decoder import Decoder
 from captioner.model.hard_attention import location_loss, select_locations
 
@@ -125,9 +126,10 @@ def test_argmax_beam_folded_equals_unfolded(monkeypatch: pytest.MonkeyPatch) -> 
     decoder = hard_decoder(hard_inference="argmax").eval()
     annotations = torch.randn(2, L, D)
     with torch.no_grad():
-        assert decoder.can_fold(L)  # beam k > 1 folds W a per location: the one-hot alpha picks W a_s
+        # beam k > 1 folds W a per location: the one-hot alpha picks W a_s
+        assert fast_decode.can_fold(decoder, L)
     folded = beam_search(decoder, annotations, k=3, max_len=6)
-    monkeypatch.setattr(decoder, "can_fold", lambda num_locations: False)
+    monkeypatch.setattr(fast_decode, "can_fold", lambda decoder, num_locations: False)
     unfolded = beam_search(decoder, annotations, k=3, max_len=6)
     assert torch.equal(folded.tokens, unfolded.tokens)
     assert torch.equal(folded.alphas, unfolded.alphas)

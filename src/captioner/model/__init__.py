@@ -2,15 +2,18 @@
 
 from captioner.model.calibration import fit_temperature
 from captioner.model.captioner import Captioner
-from captioner.model.decoder import Decoder, DecoderOutput, load_glove
+from captioner.model.decoder import Decoder, DecoderOutput
+from captioner.model.embeddings import load_glove
 from captioner.model.encoder import ARCHS, Encoder, build_encoder
 from captioner.model.loss import caption_loss
+from captioner.model.state import DecoderState
 
 __all__ = [
     "ARCHS",
     "Captioner",
     "Decoder",
     "DecoderOutput",
+    "DecoderState",
     "Encoder",
     "build_encoder",
     "caption_loss",

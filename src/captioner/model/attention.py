@@ -5,8 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-# Values per temporary in grouped attention (4 MB of float32): well inside L3, under malloc's mmap threshold.
-_CHUNK_VALUES = 1 << 20
+from captioner.model.fast_decode import grouped_attention
 
 
 class SoftAttention(nn.Module):
@@ -51,58 +50,19 @@ class SoftAttention(nn.Module):
         ``coverage`` (B*n,L), the attention summed over past steps, is read when the module has w_c.
 
         The n hidden rows of one image (its beams or samples, consecutive) share that image's
-        annotations: they are broadcast, never copied, so a batch of beams reads each image once.
+        annotations; with n > 1 ``fast_decode.grouped_attention`` computes the same weights without copies.
         """
         batch, rows = annotations.shape[0], hidden.shape[0]
         if (self.coverage_weight is None) != (coverage is None):
             raise ValueError("pass coverage exactly when the attention module has coverage weights")
-        if rows == batch:  # one row per image (training, greedy): exactly the ungrouped ops
-            pre = projected + self.query(hidden, word).unsqueeze(1)
-            if coverage is not None:
-                pre = pre + coverage.unsqueeze(-1) * self.coverage_weight
-            energy = self.score(torch.tanh(pre)).squeeze(-1)
-            alpha = energy.softmax(dim=-1)
-            context = torch.bmm(alpha.unsqueeze(1), annotations).squeeze(1)
-            return context, alpha
-        n = group_size(rows, batch)
-        query = self.query(hidden, word).view(batch, n, 1, -1)
-        # Eq. 4 via tanh(x) = 2 sigmoid(2x) - 1: w.tanh(u) + b = 2w.sigmoid(2u) - sum(w) + b, and the
-        # softmax ignores that constant, so alpha is the same up to rounding (~1e-6 relative). Why:
-        # torch's CPU tanh costs ~3.5 ns per value vs ~0.4 for sigmoid (2-core EPYC, torch 2.14),
-        # and this op runs over B*n*L*A values every step (a quarter of batched beam time with tanh).
-        # 2P + 2q is exactly 2(P + q) in floating point; (B,1,L,A) + (B,n,1,A) broadcasts, no copies.
-        # A few images at a time through one reused buffer: the (c,n,L,A) temporary stays in cache,
-        # where a fresh B*n*L*A tensor every step cost more in page faults than the add itself.
-        query2, projected2, weight2 = query * 2, projected.unsqueeze(1), 2 * self.score.weight[0]
+        if rows != batch:  # n > 1 rows per image (beams, samples): the same numbers, computed faster
+            return grouped_attention(self, annotations, projected, hidden, word, coverage)
+        pre = projected + self.query(hidden, word).unsqueeze(1)  # W_a a_i + W_h h_{t-1} (+ W_y E y_{t-1})
         if coverage is not None:
-            coverage2 = coverage.view(batch, n, -1, 1) * 2
-        if torch.is_grad_enabled():  # autograd allows neither out= nor overwriting a saved tensor
-            pre2 = torch.add(query2, projected2, alpha=2)
-            if coverage is not None:
-                pre2 = pre2 + coverage2 * self.coverage_weight
-            energy = torch.sigmoid(pre2) @ weight2
-        else:
-            chunk = min(batch, max(1, _CHUNK_VALUES // (n * projected.shape[1] * projected.shape[2])))
-            buffer = projected.new_empty(chunk, n, *projected.shape[1:])
-            energies = []
-            for i in range(0, batch, chunk):
-                gate = torch.add(
-                    query2[i : i + chunk], projected2[i : i + chunk], alpha=2, out=buffer[: batch - i]
-                )
-                if coverage is not None:
-                    gate.addcmul_(coverage2[i : i + chunk], self.coverage_weight)
-                energies.append(gate.sigmoid_() @ weight2)
-            energy = torch.cat(energies)  # (B,n,L)
-        alpha = energy.softmax(dim=-1)
-        context = torch.bmm(alpha, annotations)  # (B,n,D)
-        return context.view(rows, -1), alpha.view(rows, -1)
-
-
-def group_size(rows: int, batch: int) -> int:
-    """How many consecutive decoder rows share one image's annotations (rows = batch * n)."""
-    if batch == 0 or rows % batch:
-        raise ValueError(
-            f"attention got {rows} hidden rows for {batch} images; rows must be a multiple of the images "
-            "(n consecutive rows per image)"
-        )
-    return rows // batch
+            pre = pre + coverage.unsqueeze(-1) * self.coverage_weight
+        energy = self.score(torch.tanh(pre)).squeeze(-1)  # e_ti, Eq. 4
+        alpha = energy.softmax(dim=-1)  # Eq. 5
+        context = torch.bmm(alpha.unsqueeze(1), annotations).squeeze(
+            1
+        )  # z_t = sum_i alpha_ti a_i, Eq. 6 (soft)
+        return context, alpha

@@ -1,17 +1,35 @@
-"""LSTM decoder with soft attention, beta gate and deep output (paper Sec. 3.1.2, Eq. 1-7)."""
+"""LSTM decoder with soft attention, beta gate and deep output (paper Sec. 3.1.2 and 4, Eq. 1-7).
+
+One step (``Decoder.step``) over the annotations a_i (B,L,D), in the paper's terms::
+
+    E y_{t-1}                                   embedding of the previous word               ``embed``
+    e_ti = f_att(a_i, h_{t-1})                  = w.tanh(W_a a_i + W_h h_{t-1})    Eq. 4      ``attend``
+    alpha_t = softmax_i(e_t)                                                       Eq. 5
+    z_t = phi({a_i}, alpha_t)                   soft: sum_i alpha_ti a_i           Eq. 6, 4.2 ``attend``
+                                                hard: a_s, s ~ Multinoulli(alpha)  Eq. 8-9    ``locate``
+    beta_t = sigmoid(f_beta(h_{t-1})), z_t <- beta_t z_t                           Sec. 4.2.1 ``gate``
+    (i, f, o, g) = (sig, sig, sig, tanh)(T [E y_{t-1}; h_{t-1}; z_t])              Eq. 1      ``lstm``
+    c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)                                Eq. 2-3
+    p(y_t | a, y_<t) ~ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))                     Eq. 7      ``output``
+
+with h_0, c_0 = tanh MLPs of the mean annotation (``init_state``). Decoding several rows per image
+(beams, samples) takes numerically equivalent faster forms of the same step: ``fast_decode``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from captioner.errors import ConfigError, DataError, require
-from captioner.model.attention import SoftAttention, group_size
+from captioner.errors import DataError, require
+from captioner.model.attention import SoftAttention
+from captioner.model.embeddings import load_glove
+from captioner.model.fast_decode import Folded, folded_step
 from captioner.model.hard_attention import Locations, select_locations
+from captioner.model.state import DecoderState, group_size
 
 BETA_GATES = ("scalar", "channel", "none")
 # Where z_t comes from: the paper's soft attention, or one of the quality table's two controls.
@@ -21,8 +39,6 @@ CONTEXTS = ("soft", "mean", "blind")
 # How z_t reads alpha: the expectation (soft, Sec. 4.2) or one sampled location (hard, Sec. 4.1).
 ATTENTIONS = ("soft", "hard")
 HARD_INFERENCE = ("argmax", "expectation")
-
-State = tuple[Tensor, ...]  # (h, c) of shape (num_layers,B,H), + coverage (1,B,L) with decoder.coverage
 
 
 @dataclass
@@ -40,34 +56,6 @@ def _positive_int(name: str, value: object) -> None:
     require(isinstance(value, int) and value > 0, f"decoder.{name}={value!r} must be a positive int")
 
 
-def load_glove(embedding: nn.Embedding, path: str | Path, itos: Sequence[str]) -> int:
-    """Copy GloVe-format vectors ("word v1 ... vE" per line) into ``embedding`` rows; returns words found.
-
-    Words missing from the file keep their random initialisation.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(
-            f"decoder.pretrained_embeddings={str(path)!r}: file not found; give a GloVe text file"
-        )
-    dim = embedding.embedding_dim
-    stoi = {w: i for i, w in enumerate(itos)}
-    found = 0
-    with torch.no_grad(), path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            word, *values = line.rstrip().split(" ")
-            if word not in stoi:
-                continue
-            if len(values) != dim:
-                raise ConfigError(
-                    f"decoder.pretrained_embeddings={str(path)!r} line {lineno} has {len(values)} values, "
-                    f"decoder.embed_dim={dim}; set embed_dim to the file's dimension"
-                )
-            embedding.weight[stoi[word]] = torch.tensor([float(v) for v in values])
-            found += 1
-    return found
-
-
 class Decoder(nn.Module):
     """Attention LSTM over annotations (B,L,D) producing next-word logits, one step at a time.
 
@@ -81,7 +69,7 @@ class Decoder(nn.Module):
     chosen, so after "a blue" the query does not know which colour was said and cannot pick the blue
     object for the next word; with the word in the query it can. ``coverage`` adds each location's
     summed past attention to the energy (Tu et al. 2016; See et al. 2017), so the decoder can tell which
-    objects it has already described; the sum rides in the state as a third tensor, (1,B,L).
+    objects it has already described; the sum rides in ``DecoderState.coverage``, (1,B,L).
 
     Weight tying makes the output projection's weight the embedding's Parameter (same storage, both
     paths train it). With deep output the projection is L_o (E -> V), so any sizes tie; without it the
@@ -232,42 +220,19 @@ class Decoder(nn.Module):
             e = e * (self.embed_max_norm / e.norm(dim=-1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
         return e
 
-    def project(self, annotations: Tensor, fold: bool = False) -> Tensor:
+    def project(self, annotations: Tensor) -> Tensor:
         """Attention's annotation projection W_a a, (B,L,D) -> (B,L,A); once per image.
 
         The controls never attend, so they get an empty (B,L,0) stand-in that decoders can still repeat.
-        ``fold`` (for beams: many rows per image) also projects each annotation through the LSTM's
-        context weights and L_z when that is cheaper (see ``can_fold``), returning them flat, (B,·);
-        ``step`` then forms W z_t as sum_i alpha_ti (W a_i), the same value by linearity, in L instead
-        of D multiply-adds per output. Inference only.
         """
         if self.context != "soft":
             return annotations[..., :0]
-        projected = self.attention.project(annotations)
-        if not (fold and self.can_fold(annotations.shape[1])):
-            return projected
-        w_z = self.lstm.weight_ih_l0[:, self.embed_dim :]  # the context's columns of W_ih
-        weights = torch.cat([w_z, self.L_z.weight]) if self.deep_output else w_z
-        # One flat row per image, (B, L*A + L*(4H[+E])): slices of it view as (B,L,·) with contiguous
-        # rows, so attention and bmm read them in place (a (B,L,A+...) concat would be strided).
-        return torch.cat([projected.flatten(1), (annotations @ weights.T).flatten(1)], dim=1)
+        return self.attention.project(annotations)
 
-    def can_fold(self, num_locations: int) -> bool:
-        """Whether ``project(fold=True)`` folds: soft attention, one LSTM layer, no per-channel gate
-        (a scalar gate commutes with the sum, a channel gate does not), and fewer locations than channels."""
-        return (
-            self.context == "soft"
-            and self.num_layers == 1
-            and self.beta_gate != "channel"
-            and num_locations < self.encoder_dim
-            and not torch.is_grad_enabled()
-            and not self.training  # the written-out step has no dropout
-        )
-
-    def init_state(self, annotations: Tensor) -> State:
+    def init_state(self, annotations: Tensor) -> DecoderState:
         """h0, c0 (num_layers,B,H) each, from tanh MLPs of the mean annotation (Sec. 3.1.2); blind: of zeros.
 
-        With soft attention and ``coverage``, a third tensor: zero coverage, (1,B,L).
+        With soft attention and ``coverage``, zero coverage (1,B,L); None otherwise.
         """
         mean = annotations.mean(dim=1)
         if self.context == "blind":  # same MLPs, same parameters, but no image information
@@ -275,18 +240,20 @@ class Decoder(nn.Module):
         b = mean.shape[0]
         h = torch.tanh(self.init_h(mean)).view(b, self.num_layers, self.hidden_dim).transpose(0, 1)
         c = torch.tanh(self.init_c(mean)).view(b, self.num_layers, self.hidden_dim).transpose(0, 1)
+        coverage = None
         if self.coverage and self.context == "soft":
             # The summed past attention, (1,B,L): rows on dim 1 like h and c, so decoders reorder it alike.
-            return h.contiguous(), c.contiguous(), annotations.new_zeros(1, b, annotations.shape[1])
-        return h.contiguous(), c.contiguous()
+            coverage = annotations.new_zeros(1, b, annotations.shape[1])
+        return DecoderState(h.contiguous(), c.contiguous(), coverage)
 
     def step(
-        self, words: Tensor, state: State, annotations: Tensor, projected: Tensor
-    ) -> tuple[Tensor, Tensor, State]:
+        self, words: Tensor, state: DecoderState, annotations: Tensor, projected: Tensor | Folded
+    ) -> tuple[Tensor, Tensor, DecoderState]:
         """One time step: previous words (B*n,) -> next-word logits (B*n,V), alpha (B*n,L), new state.
 
         ``annotations``/``projected`` have one row per image (B); words and state have n consecutive
         rows per image (beams or samples; n=1 in training), which share that image's annotations.
+        ``projected`` is ``project(annotations)``, or ``fast_decode.project``'s fold of it (inference).
         Hard attention samples its location in training mode and uses ``hard_inference`` in eval mode;
         alpha is then the one-hot of the location looked at (or the expectation's weights).
         """
@@ -300,103 +267,43 @@ class Decoder(nn.Module):
     def step_locations(
         self,
         words: Tensor,
-        state: State,
+        state: DecoderState,
         annotations: Tensor,
-        projected: Tensor,
+        projected: Tensor | Folded,
         how: str | None = None,
-    ) -> tuple[Tensor, Tensor, State, Locations | None]:
+    ) -> tuple[Tensor, Tensor, DecoderState, Locations | None]:
         """``step`` plus hard attention's chosen location (None with soft attention or the expectation).
 
         ``how`` (hard only): ``sample`` | ``argmax`` | ``expectation``; None = ``hard_mode()``.
         """
-        h, c, *coverage = state
-        emb = self.embed(words)
-        coverage = coverage[0][0] if coverage else None
-        folded = projected.dim() == 2
-        if folded:  # project(fold=True): W_a a, then W a for the context's LSTM and deep-output terms
-            batch, num_locations = annotations.shape[:2]
-            split = num_locations * self.attention.score.in_features
-            projected, per_location = (
-                projected[:, :split].view(batch, num_locations, -1),
-                projected[:, split:].view(batch, num_locations, -1),
-            )
-        context, alpha = self.attend(
-            annotations,
-            projected,
-            h[-1],
-            emb if self.attend_word else None,
-            coverage,
-        )
-        locations = None
-        if self.hard and (how or self.hard_mode()) != "expectation":
-            # Sec. 4.1: z_t = a_s for one location s (Eq. 8-9); alpha becomes its one-hot weights.
-            alpha, locations = select_locations(alpha, how or self.hard_mode())
-            if not folded:
-                n = group_size(alpha.shape[0], annotations.shape[0])
-                context = torch.bmm(alpha.view(annotations.shape[0], n, -1), annotations).view(
-                    alpha.shape[0], -1
-                )
-        beta = torch.sigmoid(self.f_beta(h[-1])) if self.f_beta is not None else None  # gate, Sec. 4.2.1
-        if folded:
-            return (*self._folded_step(emb, alpha, beta, h, c, per_location, coverage), locations)
+        if isinstance(projected, Folded):  # beams at inference: the same step in fewer FLOPs
+            return folded_step(self, words, state, annotations, projected, how)
+        emb = self.embed(words)  # E y_{t-1}
+        context, alpha = self.attend(annotations, projected, state, emb)  # Eq. 4-6
+        alpha, locations = self.locate(alpha, how)
+        if locations is not None:  # hard, Eq. 8-9: z_t = a_s, the annotation the one-hot alpha picks
+            n = group_size(alpha.shape[0], annotations.shape[0])
+            context = torch.bmm(alpha.view(annotations.shape[0], n, -1), annotations).view(alpha.shape[0], -1)
+        beta = self.gate(state.h)
         if beta is not None:
             context = beta * context
-        out, (h, c) = self.lstm(torch.cat([emb, context], dim=-1).unsqueeze(0), (h, c))
-        h_t = out.squeeze(0)
-        if self.deep_output:
-            logits = self.L_o(self.dropout(emb + self.L_h(h_t) + self.L_z(context)))
-        else:
-            logits = self.L_o(self.dropout(h_t))
-        if coverage is not None:
-            return logits, alpha, (h, c, (coverage + alpha).unsqueeze(0)), locations
-        return logits, alpha, (h, c), locations
-
-    def _folded_step(
-        self,
-        emb: Tensor,
-        alpha: Tensor,
-        beta: Tensor | None,
-        h: Tensor,
-        c: Tensor,
-        per_location: Tensor,
-        coverage: Tensor | None,
-    ) -> tuple[Tensor, Tensor, State]:
-        """``step`` after attention with a folded ``projected``: the LSTM cell and deep output written
-        out, their context terms read as alpha-weighted sums of ``per_location`` (B,L,4H[+E]) = W a."""
-        rows, gates_dim, batch = alpha.shape[0], 4 * self.hidden_dim, per_location.shape[0]
-        weighted = torch.bmm(alpha.view(batch, rows // batch, -1), per_location).view(rows, -1)
-        if beta is not None:
-            weighted = beta * weighted
-        lstm = self.lstm
-        gates = torch.addmm(lstm.bias_ih_l0 + lstm.bias_hh_l0, emb, lstm.weight_ih_l0[:, : self.embed_dim].T)
-        gates = gates.addmm_(h[0], lstm.weight_hh_l0.T).add_(weighted[:, :gates_dim])
-        i, f, g, o = gates.chunk(4, dim=1)  # PyTorch's LSTM gate order
-        c_t = torch.sigmoid(f) * c[0] + torch.sigmoid(i) * torch.tanh(g)
-        h_t = torch.sigmoid(o) * torch.tanh(c_t)
-        if self.deep_output:
-            out_z = weighted[:, gates_dim:] + self.L_z.bias
-            logits = self.L_o(emb + self.L_h(h_t) + out_z)
-        else:
-            logits = self.L_o(h_t)
-        state = (h_t.unsqueeze(0), c_t.unsqueeze(0))
-        if coverage is not None:
-            state = (*state, (coverage + alpha).unsqueeze(0))
-        return logits, alpha, state
+        # Eq. 1-3: one LSTM step on [E y_{t-1}; z_t] from (h_{t-1}, c_{t-1}).
+        out, (h, c) = self.lstm(torch.cat([emb, context], dim=-1).unsqueeze(0), (state.h, state.c))
+        logits = self.output(emb, out.squeeze(0), context)  # Eq. 7
+        return logits, alpha, DecoderState(h, c, self.cover(state, alpha)), locations
 
     def attend(
-        self,
-        annotations: Tensor,
-        projected: Tensor,
-        hidden: Tensor,
-        word: Tensor | None = None,
-        coverage: Tensor | None = None,
+        self, annotations: Tensor, projected: Tensor, state: DecoderState, emb: Tensor
     ) -> tuple[Tensor, Tensor]:
-        """Context z_t (B*n,D) and alpha (B*n,L) for ``self.context``; soft reads h_{t-1} (Eq. 4-6).
+        """Context z_t (B*n,D) and alpha (B*n,L) for ``self.context``; soft: f_att reads h_{t-1} (Eq. 4-6),
+        with ``attend_word`` also E y_{t-1} (``emb``), with ``coverage`` also the summed past alphas.
 
-        ``hidden`` has n consecutive rows per image of ``annotations`` (B,L,D); n=1 in training.
+        ``state`` has n consecutive rows per image of ``annotations`` (B,L,D); n=1 in training.
         """
+        hidden = state.h[-1]  # the top layer's h_{t-1}
         if self.context == "soft":
-            return self.attention(annotations, projected, hidden, word, coverage)
+            coverage = None if state.coverage is None else state.coverage[0]
+            return self.attention(annotations, projected, hidden, emb if self.attend_word else None, coverage)
         rows, num_locations = hidden.shape[0], annotations.shape[1]
         alpha = annotations.new_full((rows, num_locations), 1.0 / num_locations)
         if self.context == "mean":
@@ -404,6 +311,31 @@ class Decoder(nn.Module):
             n = group_size(rows, annotations.shape[0])
             return (mean if n == 1 else mean.repeat_interleave(n, dim=0)), alpha
         return annotations.new_zeros(rows, annotations.shape[-1]), alpha
+
+    def locate(self, alpha: Tensor, how: str | None = None) -> tuple[Tensor, Locations | None]:
+        """Hard attention (Sec. 4.1): the one-hot of the location looked at and its log p and entropy.
+
+        ``how``: ``sample`` | ``argmax`` | ``expectation``; None = ``hard_mode()``. Soft attention and the
+        expectation keep alpha (z_t is then its expectation) and return no locations.
+        """
+        how = how or self.hard_mode()
+        if not self.hard or how == "expectation":
+            return alpha, None
+        return select_locations(alpha, how)
+
+    def gate(self, h: Tensor) -> Tensor | None:
+        """beta_t = sigmoid(f_beta(h_{t-1})) (Sec. 4.2.1): (B*n,1) scalar or (B*n,D) channel gate; None if off."""
+        return torch.sigmoid(self.f_beta(h[-1])) if self.f_beta is not None else None
+
+    def cover(self, state: DecoderState, alpha: Tensor) -> Tensor | None:
+        """The next state's coverage: past attention plus alpha_t, (1,B*n,L); None without coverage."""
+        return None if state.coverage is None else (state.coverage[0] + alpha).unsqueeze(0)
+
+    def output(self, emb: Tensor, h_t: Tensor, context: Tensor) -> Tensor:
+        """Next-word logits (B*n,V): deep output L_o(E y_{t-1} + L_h h_t + L_z z_t) (Eq. 7), or L_o h_t."""
+        if self.deep_output:
+            return self.L_o(self.dropout(emb + self.L_h(h_t) + self.L_z(context)))
+        return self.L_o(self.dropout(h_t))
 
     def forward(self, annotations: Tensor, captions: Tensor, teacher_forcing: float = 1.0) -> DecoderOutput:
         """Predict captions[:, 1:] from captions[:, :-1], with scheduled sampling (Bengio et al. 2015).
