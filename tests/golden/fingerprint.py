@@ -1,7 +1,17 @@
 """Fingerprint of a fixed-seed run: SHA-256 of every tensor in last.pt and of metrics.json.
 
-Refactors keep numbers: `python tests/golden/fingerprint.py record` (on the commit before a structural
-change) writes tests/golden/reference.json; tests/test_golden.py reruns the same commands and compares.
+Refactors keep numbers: tests/test_golden.py reruns the golden commands on HEAD and compares them with
+the same commands run on the reference commit (tests/golden/reference.json names it) ON THIS MACHINE.
+Bitwise equality only holds on one kind of CPU: another vendor or instruction set (AVX2 vs AVX-512,
+MKL's paths on Intel vs AMD) rounds float sums differently, so every tensor the decoder trained differs.
+reference.json therefore keeps one fingerprint per machine (CPU model + torch version); on a machine
+it does not know, the test exports the reference commit (`git archive`) into a temporary folder, runs
+the golden commands there, and compares with that (twice the time, same guarantee).
+
+    python tests/golden/fingerprint.py record         # a change MEANT to move numbers: HEAD becomes the
+                                                      # reference commit, this machine its only entry
+    python tests/golden/fingerprint.py add-machine    # add this machine's fingerprint of the reference commit
+
 Paths, the resolved config and the run id differ between machines and are not fingerprinted.
 """
 
@@ -69,15 +79,17 @@ def fingerprint(run_dir: Path) -> dict:
     }
 
 
-def run_golden(work: Path) -> dict:
-    """Run the golden training and sweep under ``work`` and fingerprint their run folders."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+def run_golden(work: Path, repo: Path = REPO) -> dict:
+    """Run the golden training and sweep of the sources in ``repo`` under ``work``; fingerprint the runs."""
+    # The repo's own src first, so an exported commit runs its code, not the installed package.
+    pythonpath = os.pathsep.join(p for p in (str(repo / "src"), os.environ.get("PYTHONPATH")) if p)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": pythonpath}
     common = [f"paths.data_dir={work / 'data'}", f"paths.output_dir={work / 'runs'}"]
 
     def train(*args: str) -> None:
         proc = subprocess.run(
-            [sys.executable, str(REPO / "train.py"), *args, *common],
-            cwd=REPO,
+            [sys.executable, str(repo / "train.py"), *args, *common],
+            cwd=repo,
             env=env,
             capture_output=True,
             text=True,
@@ -94,13 +106,63 @@ def run_golden(work: Path) -> dict:
     }
 
 
-if __name__ == "__main__":
+def machine() -> str:
+    """What decides float rounding here: the CPU model and the torch build."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} | torch {torch.__version__}"
+
+
+def load_reference() -> dict:
+    """``{"commit": ..., "machines": {machine(): fingerprints}}``."""
+    return json.loads(REFERENCE.read_text())
+
+
+def reference_here(work: Path) -> tuple[dict, str]:
+    """This machine's fingerprints of the reference commit, and where they came from.
+
+    Recorded ones when reference.json has this machine; otherwise the reference commit is exported
+    from git into ``work`` and run here. Raises RuntimeError when the commit is not in the clone.
+    """
+    reference = load_reference()
+    here = machine()
+    if here in reference["machines"]:
+        return reference["machines"][here], f"recorded for {here}"
+    commit = reference["commit"]
+    source = work / "reference_src"
+    source.mkdir(parents=True)
+    archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True)
+    if archive.returncode != 0:
+        raise RuntimeError(
+            f"the golden reference commit {commit[:12]} is not in this clone ({archive.stderr.decode().strip()}); "
+            "clone with history (not --depth 1) to run the golden test on a new machine"
+        )
+    subprocess.run(["tar", "-x", "-C", str(source)], input=archive.stdout, check=True)
+    return run_golden(work / "reference_run", source), f"commit {commit[:12]} run here ({here})"
+
+
+def _record(add_machine: bool) -> None:
     import tempfile
 
-    if sys.argv[1:] != ["record"]:
-        sys.exit("usage: python tests/golden/fingerprint.py record")
     with tempfile.TemporaryDirectory() as tmp:
-        result = run_golden(Path(tmp))
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
-    REFERENCE.write_text(json.dumps({"commit": commit.strip(), **result}, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {REFERENCE}")
+        if add_machine:
+            reference = load_reference()
+            result, _ = reference_here(Path(tmp))
+            reference["machines"][machine()] = result
+        else:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+            reference = {"commit": commit.stdout.strip(), "machines": {machine(): run_golden(Path(tmp))}}
+    REFERENCE.write_text(json.dumps(reference, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {REFERENCE} ({machine()})")
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] not in (["record"], ["add-machine"]):
+        sys.exit("usage: python tests/golden/fingerprint.py record|add-machine")
+    _record(add_machine=sys.argv[1] == "add-machine")
