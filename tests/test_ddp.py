@@ -61,3 +61,75 @@ def test_torchrun_two_cpu_ranks_train_and_only_rank0_writes(shapes_data: Path, t
     text = proc.stdout + proc.stderr
     assert text.count("epoch 2/2 loss") == 1  # one summary per epoch: rank 0 only
     assert text.count("checkpoints and metrics in") == 1
+
+
+def test_rank_seeds_differ_across_ranks_and_resume_points() -> None:
+    from captioner.train.state import rank_seed
+
+    assert [rank_seed(7, rank, 4) for rank in range(4)] == [7, 8, 9, 10]  # nanoGPT's seed + rank
+    resumed = {rank_seed(7, rank, 4, step) for rank in range(1, 4) for step in (0, 12, 13, 40)}
+    assert len(resumed) == 12  # no two ranks or resume points replay the same stream
+
+
+def _xe_objective(model):
+    from omegaconf import OmegaConf
+
+    from captioner.train.objective import CrossEntropy
+
+    cfg = OmegaConf.create(
+        {
+            "trainer": {"att_gamma": 1.0, "att_reduction": "mean"},
+            "smoothing": {"value": 0.1},
+            "objective": {
+                "location_reinforce": 1.0,
+                "location_entropy": 0.002,
+                "location_baseline_decay": 0.9,
+            },
+        }
+    )
+    return CrossEntropy(cfg, model.decoder)
+
+
+@pytest.mark.parametrize(
+    "decoder_kwargs",
+    [
+        {},
+        {"context": "mean"},
+        {"context": "blind"},
+        {"attention": "hard", "hard_expected_prob": 0.0},  # a sampled-location minibatch
+        {"attention": "hard", "hard_expected_prob": 1.0},  # an expected-context minibatch
+        {"coverage": True, "attend_word": True, "beta_gate": "channel", "num_layers": 2},
+        {"deep_output": False, "beta_gate": "none", "tie_weights": True, "embed_dim": 16},
+        {"freeze_embeddings": True},
+    ],
+)
+@pytest.mark.parametrize("encoder", ["none", "cached", "cached_projected", "images_projected", "finetune"])
+def test_unused_parameter_search_is_on_exactly_when_a_step_leaves_parameters_without_gradient(
+    decoder_kwargs: dict, encoder: str
+) -> None:
+    import torch
+
+    from captioner.model.captioner import Captioner
+    from captioner.model.decoder import Decoder
+    from captioner.model.encoder import build_encoder
+    from captioner.train.ddp import needs_unused_parameter_search
+
+    torch.manual_seed(0)
+    enc = None
+    if encoder != "none":
+        enc = build_encoder(
+            "shufflenet_v2_x0_5",
+            pretrained=False,
+            encoder_dim=8 if "projected" in encoder else None,
+            finetune=encoder == "finetune",
+        )
+    dim = enc.out_dim if enc is not None else 8
+    kwargs = {"embed_dim": 16, "hidden_dim": 16, "attention_dim": 8, **decoder_kwargs}
+    model = Captioner(enc, Decoder(vocab_size=12, encoder_dim=dim, **kwargs)).train()
+    cached = encoder in ("none", "cached", "cached_projected")
+    inputs = torch.randn(2, 2, 2, dim) if cached else torch.rand(2, 3, 64, 64)
+    batch = {"captions": torch.randint(1, 12, (2, 6))}
+    loss, _ = _xe_objective(model)(model, inputs, batch, 1.0, cached)
+    loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert needs_unused_parameter_search(model, cached) == bool(unused), unused

@@ -172,19 +172,27 @@ def test_truncated_checkpoint_on_resume_is_one_line_error(trained_run: Path, tmp
     assert_user_error(proc, str(run / "last.pt"), "truncated")
 
 
+# The loss is read from the device at log steps only: a NaN is caught at the next log step
+# (log_every=5, mid-epoch) or at the epoch's end (log_every=1000), never after a checkpoint of it.
+@pytest.mark.parametrize("log_every", [5, 1000])
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(
-    shapes_data: Path, trained_run: Path, tmp_path: Path
+    shapes_data: Path, trained_run: Path, tmp_path: Path, log_every: int
 ) -> None:
     run = tmp_path / "resumed"
     shutil.copytree(trained_run, run)
-    before = (run / "last.pt").read_bytes()
+    before = {name: (run / name).read_bytes() for name in ("last.pt", "best.pt")}
     # Resume restores the optimiser's learning rates, so blow the loss up with an absurd loss weight.
     proc = run_train(
-        shapes_data, tmp_path / "hydra", f"trainer.resume={run}", "trainer.epochs=3", "trainer.att_gamma=1e39"
+        shapes_data,
+        tmp_path / "hydra",
+        f"trainer.resume={run}",
+        "trainer.epochs=3",
+        "trainer.att_gamma=1e39",
+        f"trainer.log_every={log_every}",
     )
     line = assert_user_error(proc, "loss became", "epoch 3", str(run / "last.pt"))
     assert "inf" in line or "nan" in line
-    assert (run / "last.pt").read_bytes() == before
+    assert {name: (run / name).read_bytes() for name in before} == before
     assert load_state(run / "last.pt")["progress"]["epoch"] == 2
 
 

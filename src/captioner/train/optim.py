@@ -299,11 +299,12 @@ def build_scheduler(
     return LRSchedule(optimizer, name, sched, "epoch", total_steps, warmup_steps)
 
 
-def clip_gradients(params: Iterable[torch.Tensor], mode: str, value: float) -> float | None:
+def clip_gradients(params: Iterable[torch.Tensor], mode: str, value: float) -> torch.Tensor | None:
     """Clip gradients in place by total norm or by value; return the total grad norm before clipping.
 
-    Returns None for mode "none" (no extra pass over the gradients). Under AMP, unscale the gradients
-    (``scaler.unscale_(optimizer)``) before calling this.
+    Returns None for mode "none" (no extra pass over the gradients). The norm stays a tensor on the
+    gradients' device: the loop reads it (a host sync) only at log steps. Under AMP, unscale the
+    gradients (``scaler.unscale_(optimizer)``) before calling this.
     """
     require(mode in CLIP_MODES, f"trainer.grad_clip={mode!r} is unknown; use one of {', '.join(CLIP_MODES)}")
     require(value > 0, f"trainer.clip_value={value} must be > 0; use e.g. 5.0")
@@ -311,9 +312,9 @@ def clip_gradients(params: Iterable[torch.Tensor], mode: str, value: float) -> f
         return None
     params = [p for p in params if p.grad is not None]
     if not params:
-        return 0.0
+        return torch.zeros(())
     if mode == "norm":
-        return float(torch.nn.utils.clip_grad_norm_(params, value))
-    norm = float(torch.nn.utils.get_total_norm([p.grad for p in params]))
+        return torch.nn.utils.clip_grad_norm_(params, value)
+    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
     torch.nn.utils.clip_grad_value_(params, value)
     return norm

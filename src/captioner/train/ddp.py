@@ -1,0 +1,45 @@
+"""The model the optimiser steps through: DDP under torchrun (searching for unused parameters only when a
+config leaves some out of the forward pass), then ``torch.compile`` when asked."""
+
+from __future__ import annotations
+
+import torch
+
+from captioner.runtime.distributed import DistInfo
+
+
+def needs_unused_parameter_search(model: torch.nn.Module, cached: bool) -> bool:
+    """Whether some trainable parameter of ``model`` (a Captioner) gets no gradient from a training step.
+
+    DDP's ``find_unused_parameters=True`` walks the autograd graph after every forward to find such
+    parameters (without it, DDP waits for their gradients forever); torchvision's reference leaves it
+    off, so do we, except where a config really leaves parameters out:
+
+    - ``decoder.context=mean|blind``: the controls keep the attention module but never call it;
+    - cached features (frozen encoder): the encoder never runs, yet its ``encoder_dim`` 1x1 conv is
+      trainable. (Its frozen backbone has ``requires_grad`` off, which DDP ignores.)
+
+    Everything else reaches the loss: hard attention's sampled steps train the attention through
+    the REINFORCE and entropy terms, blind's h0/c0 MLPs and L_z see zeros but stay in the graph.
+    ``tests/test_ddp.py`` checks this answer against a real backward pass for each control.
+    """
+    if model.decoder.context != "soft":
+        return True
+    encoder = model.encoder
+    return cached and encoder is not None and any(p.requires_grad for p in encoder.parameters())
+
+
+def wrap_model(
+    model: torch.nn.Module, device: torch.device, dist_info: DistInfo, cached: bool, compile: bool
+) -> torch.nn.Module:
+    """``model`` wrapped for training steps: DDP when distributed, compiled when ``compile``."""
+    train_model = model
+    if dist_info.enabled:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=needs_unused_parameter_search(model, cached),
+        )
+    if compile:
+        train_model = torch.compile(train_model)
+    return train_model

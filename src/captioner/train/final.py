@@ -1,0 +1,84 @@
+"""After the last epoch: reload the best weights, score the test splits, draw attention figures, show captions."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from captioner.data.pipeline import Data
+from captioner.data.records import ImageRecord
+from captioner.data.vocab import Vocab
+from captioner.evaluation import TEST_METRICS, SplitResult, evaluate_split
+from captioner.evaluation.report import sample_lines
+from captioner.progress import log_line
+from captioner.runtime import checkpoint as ckpt
+from captioner.runtime.distributed import DistInfo
+
+
+def final_evaluation(
+    cfg: DictConfig,
+    model: torch.nn.Module,
+    data: Data,
+    vocab: Vocab,
+    records: dict[str, ImageRecord],
+    device: torch.device,
+    dist_info: DistInfo,
+    autocast: AbstractContextManager,
+    run_dir: Path,
+    tracker: Any,
+) -> dict[str, dict[str, float]]:
+    """Test metrics of the best weights per split (rank 0; ``{}`` elsewhere), logged with figures and captions."""
+    from captioner.viz import attention_figure
+
+    best = run_dir / "best.pt"
+    if dist_info.enabled:  # rank 0 may still be writing best.pt: every rank must load the same weights
+        torch.distributed.barrier()
+    if best.exists():
+        model.load_state_dict(ckpt.load_checkpoint(best, map_location=device)["model"])
+    results: dict[str, SplitResult] = {}
+    for split in ("test", "test_novel"):
+        if split in data.eval:
+            results[split] = evaluate_split(
+                model,
+                data.eval[split],
+                vocab,
+                records,
+                cfg.decode,
+                device,
+                dist_info,
+                autocast,
+                metrics=TEST_METRICS,
+            )
+    if not dist_info.is_main:
+        return {}
+    final = {split: r.metrics for split, r in results.items()}
+    tracker.log_metrics({f"{s}.{k}": v for s, m in final.items() for k, v in m.items()}, step=0)
+    shown = next(iter(results.values()), None)
+    if shown is not None and shown.alphas:
+        figures = run_dir / "figures"
+        for image_id in sorted(shown.alphas)[: cfg.trainer.figures]:
+            words = shown.captions[image_id]
+            image = data.image(image_id)
+            path = attention_figure(
+                image,
+                words,
+                shown.alphas[image_id],
+                shown.grid,
+                figures / f"{image_id}.png",
+                title=" ".join(words),
+            )
+            tracker.log_artifact(path, "figures")
+        first = sorted(shown.alphas)[0]
+        if (figures / f"{first}.png").exists():
+            log_line(f"attention figure: {figures / (first + '.png')}")
+    if shown is not None:  # a few captions next to a reference: is the model right, not just scored?
+        for line in sample_lines(shown, records):
+            log_line(line)
+    for split, m in final.items():
+        log_line(f"{split}: " + " ".join(f"{k}={v:.4g}" for k, v in m.items()))
+    log_line(f"checkpoints and metrics in {run_dir}")
+    return final

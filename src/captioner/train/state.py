@@ -1,0 +1,101 @@
+"""What a run carries across a restart: its counters, its checkpoint dict, resume checks, and its seeds."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from captioner.data.vocab import Vocab
+from captioner.errors import CheckpointError
+from captioner.runtime import checkpoint as ckpt
+
+
+@dataclass
+class Progress:
+    """Loop counters saved in every checkpoint."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0  # optimiser steps taken
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_validations: int = 0
+    run_id: str | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rank_seed(seed: int, rank: int, world_size: int, step: int = 0) -> int:
+    """The seed of DDP rank ``rank``'s own draws (dropout, scheduled sampling) from optimiser step ``step``.
+
+    nanoGPT's ``seed_offset``: ``seed + rank`` at the start, so ranks do not repeat each other's
+    dropout masks. A resumed run restores rank 0's saved RNG state; the other ranks' states are not
+    saved, so they re-seed with ``world_size * step`` added (distinct per rank and per resume point,
+    never replaying the first epoch's draws).
+    """
+    return seed + rank + world_size * step
+
+
+def checkpoint_state(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    progress: Progress,
+    vocab: Vocab,
+    resolved: dict,
+) -> dict[str, Any]:
+    """Everything needed to continue exactly, or to caption with no other file."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": ckpt.rng_state(),
+        "progress": asdict(progress),
+        "vocab": vocab.itos,
+        "config": resolved,
+    }
+
+
+def resume_dir(resume: str) -> Path:
+    """The run folder a ``trainer.resume`` value (a run folder or a checkpoint in one) continues."""
+    path = Path(resume)
+    return path if path.is_dir() else path.parent
+
+
+def load_resume(resume: str) -> dict[str, Any]:
+    """The checkpoint ``trainer.resume`` names: a checkpoint file, or a run folder's ``last.pt``."""
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "last.pt"
+    return ckpt.load_checkpoint(path)
+
+
+def check_resume_compatible(state: dict[str, Any], vocab: Vocab, cfg: DictConfig) -> None:
+    """One-line error when the checkpoint's vocabulary or model config differs from this run's."""
+    if state["vocab"] != vocab.itos:
+        raise CheckpointError(
+            "the checkpoint's vocabulary does not match the data's vocab.json; resume with the same data config"
+        )
+    saved = state["config"]
+    for key in ("encoder", "decoder"):
+        now = OmegaConf.to_container(cfg[key], resolve=True)
+        before = saved.get(key, {})
+        # keys added to the schema after the checkpoint was written are not a difference
+        changed = sorted(k for k in now if k in before and before[k] != now[k])
+        if changed:
+            diff = ", ".join(f"{key}.{k}: {before[k]} -> {now[k]}" for k in changed)
+            raise CheckpointError(
+                f"the checkpoint was trained with another {key} config ({diff}); resume with the same {key} settings"
+            )
