@@ -133,3 +133,16 @@ def test_unused_parameter_search_is_on_exactly_when_a_step_leaves_parameters_wit
     loss.backward()
     unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert needs_unused_parameter_search(model, cached) == bool(unused), unused
+
+
+def test_delayed_fine_tuning_under_ddp_is_refused_at_start():
+    from omegaconf import OmegaConf
+
+    from captioner.errors import ConfigError
+    from captioner.train.ddp import check_distributed
+
+    cfg = OmegaConf.create({"encoder": {"finetune": True, "finetune_start_step": 100}})
+    check_distributed(cfg, distributed=False)  # one process: fine
+    with pytest.raises(ConfigError, match="finetune_start_step=100 under torchrun"):
+        check_distributed(cfg, distributed=True)
+    check_distributed(OmegaConf.create({"encoder": {"finetune": True, "finetune_start_step": 0}}), True)

@@ -145,6 +145,7 @@ def test_run_prints_generated_captions_next_to_a_reference(trained_run: Path, sh
         ("optimizer.decoder_lr=-1", ["decoder_lr", "-1"]),
         ("scheduler=nope", ["scheduler=nope", "cosine", "onecycle"]),
         ("tf=linear tf.floor=1.5", ["floor", "1.5"]),
+        ("trainer.early_stop.metric=blue4", ["trainer.early_stop.metric='blue4'", "bleu4", "object_f1"]),
     ],
 )
 def test_bad_config_value_is_one_line_error(override: str, fragments: list[str], tmp_path: Path) -> None:

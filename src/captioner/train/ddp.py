@@ -4,8 +4,24 @@ config leaves some out of the forward pass), then ``torch.compile`` when asked."
 from __future__ import annotations
 
 import torch
+from omegaconf import DictConfig
 
+from captioner.errors import ConfigError
 from captioner.runtime.distributed import DistInfo
+
+
+def check_distributed(cfg: DictConfig, distributed: bool) -> None:
+    """Refuse, at start, a config that DDP would train wrongly without an error of its own.
+
+    DDP registers the parameters that require gradients when it is built. With
+    ``encoder.finetune_start_step > 0`` the backbone is frozen then and thawed later, so its gradients
+    would never be averaged and the ranks' encoders would drift apart.
+    """
+    if distributed and cfg.encoder.finetune and cfg.encoder.finetune_start_step > 0:
+        raise ConfigError(
+            f"encoder.finetune_start_step={cfg.encoder.finetune_start_step} under torchrun: DDP would never "
+            "average the backbone's gradients once it thaws; set encoder.finetune_start_step=0 or train on one process"
+        )
 
 
 def needs_unused_parameter_search(model: torch.nn.Module, cached: bool) -> bool:

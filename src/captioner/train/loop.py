@@ -46,7 +46,7 @@ def train(
 ) -> dict[str, Any]:
     """Train with the composed config; returns the final metrics (also written to ``metrics.json``)."""
     from captioner.tracking import build_tracker
-    from captioner.train.ddp import wrap_model
+    from captioner.train.ddp import check_distributed, wrap_model
     from captioner.train.final import final_evaluation
     from captioner.train.objective import build_objective, check_objective, init_from
     from captioner.train.optim import build_optimizer, build_scheduler
@@ -60,6 +60,7 @@ def train(
     device = rank_device(device, dist_info)
     precision = resolve_precision(t.precision, device)
     check_objective(cfg, dist_info.enabled)
+    check_distributed(cfg, dist_info.enabled)
 
     # Resume: the checkpoint decides the run folder, and its config must match this one.
     state = load_resume(t.resume) if t.resume else None

@@ -29,6 +29,7 @@ def validate_config(cfg: DictConfig) -> None:
     for key in ("epochs", "accumulate", "val_every", "log_every", "encode_batch_size"):
         if t[key] < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be >= 1")
+    _check_early_stop_metric(cfg)
     if not 0.0 <= cfg.smoothing.value < 1.0:
         raise ConfigError(f"smoothing.value={cfg.smoothing.value} must be in [0, 1)")
     DecodeConfig(**plain(cfg.decode))
@@ -45,3 +46,27 @@ def validate_config(cfg: DictConfig) -> None:
             f"random {cfg.encoder.arch}, so captions will barely depend on the image; set "
             "encoder.finetune=true to train the encoder too, or use ImageNet weights (encoder=mobilenet_v2)"
         )
+
+
+# What validation computes (captioner.evaluation.core.VALIDATION_METRICS: BLEU, ROUGE-L, CIDEr-D) and, on
+# the generated shapes set, the grounding scores (captioner.metrics.grounding).
+TEXT_METRICS = ("bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d")
+GROUNDING_METRICS = (
+    "object_precision", "object_recall", "object_f1", "size_accuracy", "exact_scene",
+    "pointing_accuracy", "attention_mass",
+)  # fmt: skip
+
+
+def _check_early_stop_metric(cfg: DictConfig) -> None:
+    """``trainer.early_stop.metric`` must be a validation metric of this data, known before training starts."""
+    metric = cfg.trainer.early_stop.metric
+    shapes = cfg.data.prepare.get("format") == "shapes"
+    valid = TEXT_METRICS + (GROUNDING_METRICS if shapes else ())
+    if metric in valid:
+        return
+    hint = (
+        " (grounding metrics need the shapes benchmark's ground truth)" if metric in GROUNDING_METRICS else ""
+    )
+    raise ConfigError(
+        f"trainer.early_stop.metric={metric!r} is not a validation metric{hint}; choose one of: {', '.join(valid)}"
+    )
