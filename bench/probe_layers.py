@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from common import Run, print_table
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from captioner.data.records import read_annotations
+from captioner.data.annotations import read_annotations
 from captioner.data.store import ImageStore
 from captioner.errors import CaptionerError, DataError
 from captioner.model.encoder import IMAGENET_MEAN, IMAGENET_STD, load_classifier

@@ -214,7 +214,7 @@ def evaluate_one(
 
 def build_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Evaluate every run x decode x split; returns (table rows, per-run provenance)."""
-    from captioner.data.records import read_annotations
+    from captioner.data.annotations import read_annotations
     from captioner.evaluation.checkpoint import resolve_data_root
     from captioner.model.load import load_captioner
 

@@ -11,9 +11,10 @@ from hydra import compose, initialize_config_dir
 from test_dataset import make_prepared
 from test_train import REPO, fast_overrides, shapes_data  # noqa: F401 - shapes_data is a fixture
 
-from captioner.data import records as records_module
+from captioner.data import annotations as annotations_module
+from captioner.data.annotations import load_annotations
 from captioner.data.dataset import CaptionDataset, encode_captions
-from captioner.data.records import ANNOTATIONS, ImageRecord, load_annotations, write_annotations
+from captioner.data.records import ANNOTATIONS, ANNOTATIONS_INDEX, ImageRecord, write_annotations
 from captioner.data.vocab import Vocab
 
 
@@ -21,9 +22,9 @@ def counting_parser(monkeypatch, what: str = "_read_annotations") -> list[Path]:
     """Forget every file read in this process, then record each read of an annotations file from now on
     (``_read_annotations``: from the file or its array sidecar; ``_parse_annotations``: JSON parses only)."""
     calls: list[Path] = []
-    real = getattr(records_module, what)
-    monkeypatch.setattr(records_module, "_LOADED", {})
-    monkeypatch.setattr(records_module, what, lambda path, *a: calls.append(path) or real(path, *a))
+    real = getattr(annotations_module, what)
+    monkeypatch.setattr(annotations_module, "_LOADED", {})
+    monkeypatch.setattr(annotations_module, what, lambda path, *a: calls.append(path) or real(path, *a))
     return calls
 
 
@@ -122,14 +123,14 @@ def test_starts_read_the_array_sidecar_and_a_changed_file_or_read_only_folder_is
         ImageRecord("a", "val", "a", ["a b", "c"], [["a", "b"], ["c"]]),
     ]
     write_annotations(tmp_path, records)  # writes the sidecar too
-    sidecar = tmp_path / records_module.ANNOTATIONS_INDEX
+    sidecar = tmp_path / ANNOTATIONS_INDEX
     parses = counting_parser(monkeypatch, "_parse_annotations")
     ann = load_annotations(tmp_path)
     assert list(ann.values()) == records and sidecar.exists() and parses == []
     assert ann.splits == ["train", "val"] and ann["a"] == records[1] and ann.rows("val").tolist() == [1]
 
     def new_process():
-        monkeypatch.setattr(records_module, "_LOADED", {})
+        monkeypatch.setattr(annotations_module, "_LOADED", {})
 
     # another tool rewrites the file: the sidecar no longer matches, so it is parsed (and the sidecar renewed)
     (tmp_path / ANNOTATIONS).write_text(json.dumps({"images": [vars(records[1])]}))
@@ -140,7 +141,7 @@ def test_starts_read_the_array_sidecar_and_a_changed_file_or_read_only_folder_is
     new_process()
     assert list(load_annotations(tmp_path).values()) == records[1:] and len(parses) == 2
     sidecar.unlink()
-    monkeypatch.setattr(records_module, "open_atomic", lambda path: open("/nonexistent/x", "wb"))
+    monkeypatch.setattr(annotations_module, "open_atomic", lambda path: open("/nonexistent/x", "wb"))
     new_process()
     assert list(load_annotations(tmp_path).values()) == records[1:]  # a read-only folder still loads
     assert not sidecar.exists() and len(parses) == 3

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.data.records import read_annotations
+from captioner.data.annotations import read_annotations
 from captioner.data.shapes import generate_dataset
 from captioner.errors import DataError
 from captioner.metrics.grounding import attention_scores, object_scores

@@ -9,7 +9,8 @@ from torch import nn
 
 from captioner.config import SmoothingConfig
 from captioner.errors import CheckpointError, ConfigError
-from captioner.train.optim import SCHEDULERS, build_optimizer, build_scheduler, clip_gradients
+from captioner.train.optim import build_optimizer, clip_gradients
+from captioner.train.schedulers import SCHEDULERS, build_scheduler
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,8 +18,9 @@ from hydra import compose, initialize_config_dir
 from PIL import Image
 
 from captioner.data import download as dl
+from captioner.data.annotations import read_annotations
 from captioner.data.prepare import prepare_captions, prepare_dataset
-from captioner.data.records import MANIFEST, read_annotations, read_manifest
+from captioner.data.records import MANIFEST, read_manifest
 from captioner.data.store import ImageStore
 from captioner.data.vocab import Vocab
 from captioner.errors import ConfigError, DataError

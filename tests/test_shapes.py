@@ -11,12 +11,12 @@ import pytest
 import yaml
 
 from captioner.config import LoaderConfig
+from captioner.data.annotations import read_annotations
 from captioner.data.records import (
     ANNOTATIONS,
     IMAGES_BIN,
     IMAGES_INDEX,
     VOCAB,
-    read_annotations,
     read_manifest,
 )
 from captioner.data.shapes import (

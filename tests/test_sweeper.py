@@ -18,16 +18,10 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.trial import TrialState
 
 from captioner.errors import ConfigError
-from hydra_plugins.captioner_optuna_sweeper._impl import (
-    GRID_ATTR,
-    RUN_DIR_ATTR,
-    WORKER_ATTR,
-    Grid,
-    fail_dead_trials,
-    heartbeat,
-    parse_search_space,
-)
+from hydra_plugins.captioner_optuna_sweeper._impl import RUN_DIR_ATTR
+from hydra_plugins.captioner_optuna_sweeper.search_space import GRID_ATTR, Grid, parse_search_space
 from hydra_plugins.captioner_optuna_sweeper.storage import make_storage
+from hydra_plugins.captioner_optuna_sweeper.workers import WORKER_ATTR, fail_dead_trials, heartbeat
 
 APP = Path(__file__).parent / "sweeper_app"
 GRID = "hydra/sweeper/sampler=grid"
@@ -350,7 +344,8 @@ def test_a_result_after_the_trial_was_failed_is_logged_once(tmp_path: Path, capl
     # worker failed it: one warning, no "trial N COMPLETE" line for a result Optuna did not take.
     from hydra.core.utils import JobReturn, JobStatus
 
-    from hydra_plugins.captioner_optuna_sweeper._impl import OptunaSweeperImpl, mark_interrupted
+    from hydra_plugins.captioner_optuna_sweeper._impl import OptunaSweeperImpl
+    from hydra_plugins.captioner_optuna_sweeper.workers import mark_interrupted
 
     sweeper = OptunaSweeperImpl(
         sampler={"_target_": "optuna.samplers.RandomSampler"},

@@ -55,7 +55,7 @@ def test_every_group_grids_versions_times_seeds(
     group: str, scale: str, seeds: int | None, expected: int
 ) -> None:
     """The sweeper's grid is every version at trainer.seed 0..sweep.seeds-1, seed-major, all of it run."""
-    from hydra_plugins.captioner_optuna_sweeper._impl import Grid, parse_search_space
+    from hydra_plugins.captioner_optuna_sweeper.search_space import Grid, parse_search_space
 
     extra = [f"sweep.seeds={seeds}"] if seeds else []
     cfg = _compose(f"sweep={group}", f"scale={scale}", *extra, hydra=True)

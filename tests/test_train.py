@@ -17,7 +17,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from captioner.data.records import MANIFEST, read_annotations
+from captioner.data.annotations import read_annotations
+from captioner.data.records import MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 # One thread per process: the test machine's cores are shared, and threads only add contention here.

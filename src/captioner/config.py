@@ -194,7 +194,8 @@ def group_schemas() -> dict[str, type]:
     from captioner.decode import DecodeConfig
     from captioner.model.decoder import Decoder
     from captioner.model.encoder import build_encoder
-    from captioner.train.optim import build_optimizer, build_scheduler
+    from captioner.train.optim import build_optimizer
+    from captioner.train.schedulers import build_scheduler
     from captioner.train.teacher_forcing import build_schedule
 
     return {

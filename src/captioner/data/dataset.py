@@ -24,7 +24,8 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import Dataset
 
-from captioner.data.records import Annotations, ImageRecord, load_annotations, read_manifest
+from captioner.data.annotations import Annotations, load_annotations
+from captioner.data.records import ImageRecord, read_manifest
 from captioner.data.store import ImageStore
 from captioner.data.transforms import TrainTransform
 from captioner.data.vocab import END_ID, PAD_ID, START_ID, UNK_ID, Vocab

@@ -31,10 +31,10 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from captioner.data.annotations import load_annotations
 from captioner.data.records import (
     IMAGES_INDEX,
     content_hash,
-    load_annotations,
     read_json,
     read_manifest,
     write_json_atomic,

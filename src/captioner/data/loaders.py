@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Subset
 
+from captioner.data.annotations import load_annotations
 from captioner.data.dataset import (
     CaptionDataset,
     ImageDataset,
@@ -17,7 +18,6 @@ from captioner.data.dataset import (
     collate_images,
 )
 from captioner.data.features import FeatureReader
-from captioner.data.records import load_annotations
 from captioner.data.sampler import BucketBatchSampler, ImageBatchSampler
 from captioner.data.transforms import build_eval_transform, build_train_transform
 from captioner.data.vocab import Vocab

@@ -12,9 +12,10 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from captioner.data.annotations import load_annotations
 from captioner.data.features import FeatureCache, FeatureReader
 from captioner.data.loaders import build_loaders
-from captioner.data.records import MANIFEST, load_annotations, read_manifest
+from captioner.data.records import MANIFEST, read_manifest
 from captioner.data.store import ImageStore
 from captioner.data.transforms import as_float
 from captioner.data.vocab import Vocab

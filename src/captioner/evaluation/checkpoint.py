@@ -10,9 +10,10 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
+from captioner.data.annotations import load_annotations
 from captioner.data.loaders import build_eval_loader
 from captioner.data.pipeline import cached_features, ensure_prepared, uses_feature_cache
-from captioner.data.records import VOCAB, load_annotations
+from captioner.data.records import VOCAB
 from captioner.data.vocab import Vocab
 from captioner.errors import CheckpointError, ConfigError, require
 from captioner.evaluation.core import TEST_METRICS, SplitResult, evaluate_split

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from captioner.data.annotations import load_annotations
 from captioner.data.pipeline import build_data, ensure_prepared
-from captioner.data.records import load_annotations
 from captioner.data.vocab import Vocab
 from captioner.model.build import build_model
 from captioner.progress import log_line
@@ -49,7 +49,8 @@ def train(
     from captioner.train.ddp import check_distributed, wrap_model
     from captioner.train.final import final_evaluation
     from captioner.train.objective import build_objective, check_objective, init_from
-    from captioner.train.optim import build_optimizer, build_scheduler
+    from captioner.train.optim import build_optimizer
+    from captioner.train.schedulers import build_scheduler
 
     t = cfg.trainer
     validate_config(cfg)

@@ -11,7 +11,8 @@ from captioner.model.captioner import Captioner
 from captioner.model.decoder import Decoder
 from captioner.model.encoder import ARCHS, ensure_weights
 from captioner.progress import log_line
-from captioner.train.optim import build_optimizer, build_scheduler
+from captioner.train.optim import build_optimizer
+from captioner.train.schedulers import build_scheduler
 from captioner.train.teacher_forcing import build_schedule
 
 

@@ -8,295 +8,59 @@ grid points rerun (resuming the dead trial's checkpoint), the storage password k
 and saved configs, and a non-zero exit when no trial completed.
 """
 
-import fcntl
 import hashlib
-import itertools
 import json
 import logging
 import math
 import os
-import random
 import sys
-import threading
-import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import optuna
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
 from hydra.core.utils import JobReturn
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import get_class, get_method, instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
-from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import TrialState
 
-from captioner.errors import ConfigError, require
+from captioner.errors import require
 from hydra_plugins.captioner_optuna_sweeper import ENV_STORAGE, ENV_STUDY, ENV_TRIAL
+from hydra_plugins.captioner_optuna_sweeper.search_space import (
+    FINISHED,
+    GRID_ATTR,
+    Grid,
+    parse_search_space,
+    quote,
+    suggest,
+)
 from hydra_plugins.captioner_optuna_sweeper.storage import make_storage, mask, password, retry
+from hydra_plugins.captioner_optuna_sweeper.workers import (
+    INTERRUPTED_ATTR,
+    WORKER_ATTR,
+    WorkerLock,
+    fail_dead_trials,
+    heartbeat,
+    lock_folder,
+    mark_interrupted,
+)
 
 log = logging.getLogger(__name__)
 
-# Trial system attributes written by this sweeper.
-WORKER_ATTR = "captioner_worker"  # random id of the sweeper process that holds the trial
-GRID_ATTR = "captioner_grid_point"  # JSON of the grid point this trial claimed; None = released
+# Trial system attributes written by this sweeper (and GRID_ATTR by the grid, WORKER_ATTR and
+# INTERRUPTED_ATTR by the worker-liveness checks).
 RUN_DIR_ATTR = (
     "captioner_run_dir"  # the folder the task writes to (its own job folder, or the one it resumes)
 )
-INTERRUPTED_ATTR = "captioner_interrupted"  # True: FAIL because its worker died or stopped, not the task
 GRID_EXHAUSTED = "grid exhausted: other workers took the last points"
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 DIRECTIONS = ("minimize", "maximize")
-
-
-def distribution_from_override(override: Override) -> BaseDistribution | str:
-    """An Optuna distribution for a sweep override (choice/range/interval), else the fixed value."""
-    if not override.is_sweep_override():
-        return override.get_value_element_as_str()
-    name = override.get_key_element()
-    if override.is_choice_sweep() or (override.is_range_sweep() and override.value().shuffle):
-        return CategoricalDistribution(list(override.sweep_iterator(transformer=Transformer.encode)))
-    if override.is_range_sweep():
-        # Hydra's range excludes `stop` (range(1,5) is 1,2,3,4); Optuna's `high` is the last value.
-        values = sorted(override.sweep_iterator())
-        require(
-            len(values) > 0, f"hydra.sweeper.params.{name}: {override.input_line} is empty; widen the range"
-        )
-        step = values[1] - values[0] if len(values) > 1 else 1
-        if all(isinstance(v, int) for v in values):
-            return IntDistribution(values[0], values[-1], step=step)
-        return FloatDistribution(values[0], values[-1], step=step)
-    interval = override.value()
-    low, high, log_scale = interval.start, interval.end, "log" in interval.tags
-    if isinstance(low, int) and isinstance(high, int):
-        return IntDistribution(low, high, log=log_scale)
-    return FloatDistribution(float(low), float(high), log=log_scale)
-
-
-def parse_search_space(overrides: Sequence[str]) -> tuple[dict[str, BaseDistribution], dict[str, str]]:
-    """Split overrides into the search space and fixed `key=value` overrides (a later one wins)."""
-    space: dict[str, BaseDistribution] = {}
-    fixed: dict[str, str] = {}
-    for override in OverridesParser.create().parse_overrides(list(overrides)):
-        key, value = override.get_key_element(), distribution_from_override(override)
-        space.pop(key, None)
-        fixed.pop(key, None)
-        if isinstance(value, BaseDistribution):
-            space[key] = value
-        else:
-            fixed[key] = value
-    return space, fixed
-
-
-def grid_values(name: str, dist: BaseDistribution) -> list[Any]:
-    """The grid points of one discrete distribution (GridSampler needs choice(...) or range(...))."""
-    if isinstance(dist, CategoricalDistribution):
-        return list(dist.choices)
-    if isinstance(dist, IntDistribution) and not dist.log:
-        return list(range(dist.low, dist.high + 1, dist.step))
-    if isinstance(dist, FloatDistribution) and dist.step is not None:
-        return [dist.low + i * dist.step for i in range(round((dist.high - dist.low) / dist.step) + 1)]
-    raise ConfigError(
-        f"hydra.sweeper.params.{name}: GridSampler needs a discrete parameter, got {dist}; "
-        "use choice(...) or range(...), or another sampler (hydra/sweeper/sampler=tpe)"
-    )
-
-
-def suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
-    """Ask `trial` for parameter `name` from `dist` through the public suggest_* API."""
-    if isinstance(dist, CategoricalDistribution):
-        return trial.suggest_categorical(name, dist.choices)
-    if isinstance(dist, IntDistribution):
-        return trial.suggest_int(name, dist.low, dist.high, step=dist.step, log=dist.log)
-    return trial.suggest_float(name, dist.low, dist.high, step=dist.step, log=dist.log)
-
-
-def quote(value: str) -> str:
-    """`value` as a quoted string in Hydra's override grammar (URLs hold ':' and '/')."""
-    return "'" + value.replace("'", "\\'") + "'"
-
-
-class WorkerLock:
-    """A sweeper process's sign of life for workers that share a SQLite file.
-
-    Each worker holds a POSIX lock on `<db>.workers/<worker id>.lock`; the kernel drops it the
-    moment the process dies, in whatever PID namespace or container it ran, so another worker
-    sees at once that a trial's holder is gone. (A `host:pid` check cannot tell: pids repeat across
-    containers with one hostname.) A server database has no shared folder: there Optuna's heartbeat
-    is the only sign of life.
-    """
-
-    def __init__(self, folder: Path, worker: str) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        self.path = folder / f"{worker}.lock"
-        # fcntl (POSIX) locks belong to this process: children forked by the task do not inherit them.
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.lockf(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-
-    def release(self) -> None:
-        """Drop the lock and its file (the worker ends normally)."""
-        self.path.unlink(missing_ok=True)
-        os.close(self.fd)
-
-    @staticmethod
-    def dead(folder: Path, worker: str) -> bool:
-        """Whether `worker` surely died: its lock file exists and nobody holds the lock.
-
-        Call it for other workers only: a process never conflicts with its own POSIX locks.
-        """
-        path = folder / f"{worker}.lock"
-        try:
-            fd = os.open(path, os.O_RDWR)
-        except OSError:
-            return False  # no lock file (a worker on another host, an older sweeper): the heartbeat decides
-        try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return False  # held: alive
-        finally:
-            os.close(fd)  # also drops the lock we may just have taken
-        path.unlink(missing_ok=True)
-        return True
-
-
-def lock_folder(url: str | None) -> Path | None:
-    """Where workers on the SQLite file `url` keep their locks; None for other storages."""
-    if url is None or not url.startswith("sqlite:///"):
-        return None
-    return Path(url.removeprefix("sqlite:///") + ".workers")
-
-
-def mark_interrupted(study: optuna.Study, trial_id: int, number: int, reason: str) -> bool:
-    """Record RUNNING trial `trial_id` as FAIL because its worker died or stopped; False if it had ended."""
-    storage = study._storage
-    try:
-        # Attributes first: a finished trial accepts none.
-        storage.set_trial_user_attr(trial_id, "fail_reason", reason)
-        storage.set_trial_system_attr(trial_id, INTERRUPTED_ATTR, True)
-        storage.set_trial_state_values(trial_id, TrialState.FAIL)
-    except optuna.exceptions.UpdateFinishedTrialError:
-        return False  # it finished, or another worker failed it first
-    log.warning(f"trial {number} FAIL {reason}; its point is free to run again")
-    return True
-
-
-def fail_dead_trials(study: optuna.Study, me: str, locks: Path | None) -> None:
-    """Mark RUNNING trials of dead workers FAIL, so that the budget and the grid point come back.
-
-    Dead means: its worker's lock is free (SQLite, caught at once), or its Optuna heartbeat is
-    older than the grace period (any storage with heartbeats).
-    """
-    storage = study._storage
-    stale: set[int] = set()
-    if is_heartbeat_enabled(storage):
-        stale = set(storage._get_stale_trial_ids(study._study_id))
-        grace = 2 * storage.get_heartbeat_interval()  # make_storage sets the grace period so
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker = trial.system_attrs.get(WORKER_ATTR)
-        if trial._trial_id in stale:
-            reason = f"worker {worker} sent no heartbeat for over {grace} s"
-        elif worker and worker != me and locks is not None and WorkerLock.dead(locks, worker):
-            reason = f"worker {worker} died"
-        else:
-            continue
-        mark_interrupted(study, trial._trial_id, trial.number, reason)
-
-
-@contextmanager
-def heartbeat(study: optuna.Study, trial_ids: Collection[int], interval: int | None) -> Iterator[None]:
-    """Record Optuna heartbeats for `trial_ids` every `interval` s while the block runs.
-
-    `trial_ids` may change meanwhile (the sweeper adds a trial when it asks it, drops it when told).
-    """
-    storage = study._storage
-    if not interval:
-        yield
-        return
-    stop = threading.Event()
-
-    def beat() -> None:
-        while True:
-            for trial_id in list(trial_ids):
-                try:
-                    storage.record_heartbeat(trial_id)
-                except Exception as err:  # a busy database must not kill the sweep
-                    log.warning(f"heartbeat of trial id {trial_id} failed: {err}")
-            if stop.wait(interval):
-                return
-
-    thread = threading.Thread(target=beat, name="optuna-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
-
-
-class Grid:
-    """The points of a grid search, claimed one trial at a time so that no point runs twice."""
-
-    def __init__(self, space: dict[str, BaseDistribution], seed: int | None) -> None:
-        self.names = list(space)
-        self.points = [
-            dict(zip(self.names, values))
-            for values in itertools.product(*(grid_values(n, d) for n, d in space.items()))
-        ]
-        self.rng = random.Random(seed)
-
-    def key(self, point: dict[str, Any]) -> str:
-        """A point's identity as stored on the trial that claimed it."""
-        return json.dumps([point[n] for n in self.names])
-
-    def taken(self, study: optuna.Study, exclude_trial_id: int | None = None) -> set[str]:
-        """Points claimed by trials that are running or finished well (FAIL frees a point)."""
-        keys = set()
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, *FINISHED)):
-            if trial._trial_id == exclude_trial_id:
-                continue
-            if trial.system_attrs.get(GRID_ATTR) is not None:
-                keys.add(trial.system_attrs[GRID_ATTR])
-            elif all(n in trial.params for n in self.names):  # a trial made without this sweeper
-                keys.add(self.key(trial.params))
-        return keys
-
-    def n_free(self, study: optuna.Study) -> int:
-        """How many points no trial holds."""
-        taken = self.taken(study)
-        return sum(self.key(p) not in taken for p in self.points)
-
-    def claim(self, study: optuna.Study, trial_id: int) -> dict[str, Any] | None:
-        """Claim a free point for `trial_id`; None when every point is taken.
-
-        Optuna's GridSampler picks a random unvisited point, which two workers can pick at once.
-        Here a worker writes its claim first and then reads the others': two workers on one point
-        both see each other and both let go, so a point never has two holders (with "lowest
-        trial number wins" both could win when one read before the other wrote).
-        """
-        contended = False
-        for _ in range(200):
-            taken = self.taken(study, exclude_trial_id=trial_id)
-            free = [p for p in self.points if self.key(p) not in taken]
-            if not free:
-                return None
-            # In order while alone (trial i runs point i); random once workers collide.
-            point = self.rng.choice(free) if contended else free[0]
-            study._storage.set_trial_system_attr(trial_id, GRID_ATTR, self.key(point))
-            if self.key(point) not in self.taken(study, exclude_trial_id=trial_id):
-                return point
-            study._storage.set_trial_system_attr(trial_id, GRID_ATTR, None)
-            contended = True
-            time.sleep(self.rng.uniform(0.0, 0.05))
-        raise RuntimeError(f"could not claim a grid point for trial id {trial_id} after 200 tries")
 
 
 def outcome(ret: JobReturn, n_objectives: int) -> tuple[TrialState, list[float] | None, str]:
