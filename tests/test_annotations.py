@@ -145,3 +145,11 @@ def test_starts_read_the_array_sidecar_and_a_changed_file_or_read_only_folder_is
     new_process()
     assert list(load_annotations(tmp_path).values()) == records[1:]  # a read-only folder still loads
     assert not sidecar.exists() and len(parses) == 3
+
+
+def test_cache_cli_composes_sweep_configs_like_train_py():
+    from captioner.cache import compose_train_config
+
+    cfg = compose_train_config(["sweep=optim_dropout", "scale=cpu", "version=v15"])
+    assert cfg.logger.experiment == "sweep-optim_dropout-cpu"  # ${hydra:runtime.choices.sweep}, resolved
+    assert "hydra" not in cfg

@@ -13,10 +13,24 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
 
 from captioner.cli import CONF_DIR
 from captioner.config import register
 from captioner.errors import CaptionerError, ConfigError
+
+
+def compose_train_config(overrides: Sequence[str]) -> DictConfig:
+    """train.py's config for ``overrides``, with ``${hydra:...}`` keys (e.g. a sweep scale's MLflow
+    experiment, ``sweep-${hydra:runtime.choices.sweep}-cpu``) resolvable as they are in train.py."""
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
 
 
 def build_cache(overrides: Sequence[str]) -> Path:
@@ -29,9 +43,7 @@ def build_cache(overrides: Sequence[str]) -> Path:
     from captioner.runtime.distributed import SINGLE
     from captioner.train.loop import seed_everything
 
-    register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=list(overrides))
+    cfg = compose_train_config(overrides)
     if not cfg.trainer.cache_features or cfg.encoder.finetune:
         raise ConfigError(
             "nothing to cache: training encodes every step with encoder.finetune=true or "
