@@ -44,6 +44,9 @@ def main(argv: Sequence[str]) -> int:
     try:
         if wait_ready(url + "/health", proc):
             print(f"MLflow UI ready: {url}  (Ctrl-C stops it)", flush=True)
+            # MLflow 3's UI opens in its GenAI view and ignores the experiment's kind tag; this
+            # parameter selects the model-training view (runs, metrics, compare), which our runs need.
+            print(f"runs and sweeps: {url}/#/experiments?workflowType=machine_learning", flush=True)
         elif proc.poll() is None:
             print(f"MLflow UI started but {url} does not answer yet; see the messages above", flush=True)
         return proc.wait()
