@@ -148,8 +148,11 @@ def test_starts_read_the_array_sidecar_and_a_changed_file_or_read_only_folder_is
 
 
 def test_cache_cli_composes_sweep_configs_like_train_py():
+    from hydra.core.hydra_config import HydraConfig
+
     from captioner.cache import compose_train_config
 
     cfg = compose_train_config(["sweep=optim_dropout", "scale=cpu", "version=v15"])
     assert cfg.logger.experiment == "sweep-optim_dropout-cpu"  # ${hydra:runtime.choices.sweep}, resolved
     assert "hydra" not in cfg
+    assert not HydraConfig.initialized()  # nothing leaks into later code (run names read Hydra's choices)
