@@ -8,7 +8,10 @@ object F1), its test scores and its training wall time, and writes sweeps/result
 .md, .json and .png: mean and 95% t-interval per version, and each claim of sweeps/claims.yaml as a
 paired comparison with its verdict (captioner.ablation). The same files go to the study's MLflow
 parent run as artifacts, with the per-version means and intervals as metrics
-(``v42.val_bleu4.mean``, ``...ci_low``, ``...ci_high``) and the verdicts as tags.
+(``v42.val_bleu4.mean``, ``...ci_low``, ``...ci_high``) and the verdicts as tags. Under the parent,
+one summary run per version (``v42 mean of 3 seeds``, tag ``sweep.summary``) carries that version's
+means, intervals and the seed's reported BLEU-4 under the same metric names, so MLflow's compare page
+shows the versions side by side; the report prints that page's link.
 """
 
 from __future__ import annotations
@@ -339,7 +342,63 @@ def log_to_parent(tracking_uri: str, s: dict[str, Any], files: list[Path]) -> st
     client.log_batch(parent, tags=tags)
     for path in files:
         client.log_artifact(parent, str(path), artifact_path="report")
+    log_version_summaries(client, parent, s)
     return parent
+
+
+SUMMARY_TAG = "sweep.summary"  # on a version's summary run: the version (never seed_version: not a trial)
+
+
+def log_version_summaries(client: Any, parent: str, s: dict[str, Any]) -> dict[str, str]:
+    """One finished child run of ``parent`` per version with its mean/CI metrics; ``{version: run id}``.
+
+    A rerun of the report updates the same runs (found by their tag), so the UI never shows stale twins.
+    """
+    from mlflow.entities import Metric
+
+    exp_id, ids = _summary_runs(client, parent)
+    now = int(time.time() * 1000)
+    for v, row in s["versions"].items():
+        n = max((d["n"] for d in row["metrics"].values()), default=0)
+        name = f"{v} mean of {n} seeds"
+        if v in ids:
+            client.update_run(ids[v], name=name)
+        else:
+            tags = {"mlflow.parentRunId": parent, SUMMARY_TAG: v, "seed_flags": row["flags"]}
+            ids[v] = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+        metrics = {"n_seeds": n, "seed.bleu4": _float(row["seed_bleu4"])}
+        for m in SHOWN:
+            d = row["metrics"].get(m)
+            if d:
+                metrics.update(
+                    {f"{m}.mean": d["mean"], f"{m}.ci_low": d["ci_low"], f"{m}.ci_high": d["ci_high"]}
+                )
+        batch = [
+            Metric(k, float(x), now, 0) for k, x in metrics.items() if x is not None and math.isfinite(x)
+        ]
+        client.log_batch(ids[v], metrics=batch)
+        client.set_terminated(ids[v])
+    return ids
+
+
+def compare_url(tracking_uri: str, parent: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """The MLflow UI page comparing the parent's version summary runs (``make ui`` serves ``ui``)."""
+    from urllib.parse import quote
+
+    from mlflow.tracking import MlflowClient
+
+    exp_id, ids = _summary_runs(MlflowClient(tracking_uri=tracking_uri), parent)
+    runs = quote(json.dumps([ids[v] for v in sorted(ids)], separators=(",", ":")))
+    return f"{ui}/#/compare-runs?runs={runs}&experiments={quote(json.dumps([exp_id]))}"
+
+
+def _summary_runs(client: Any, parent: str) -> tuple[str, dict[str, str]]:
+    """The parent's experiment id and its version summary runs, ``{version: run id}``."""
+    exp_id = client.get_run(parent).info.experiment_id
+    found = client.search_runs(
+        [exp_id], f"tags.`mlflow.parentRunId` = '{parent}' and tags.`{SUMMARY_TAG}` != ''"
+    )
+    return exp_id, {r.data.tags[SUMMARY_TAG]: r.info.run_id for r in found}
 
 
 def main() -> None:
@@ -371,6 +430,8 @@ def main() -> None:
     print(
         f"wrote {', '.join(map(str, files))}" + (f"; logged to MLflow parent run {parent}" if parent else "")
     )
+    if parent:
+        print(f"versions side by side in the MLflow UI (make ui): {compare_url(args.tracking_uri, parent)}")
 
 
 if __name__ == "__main__":

@@ -124,7 +124,9 @@ def test_hard_attention_and_scst_resume_exactly(mode: str, shapes_data: Path, tm
     if mode == "scst":
         from mlflow.tracking import MlflowClient
 
-        run_id = load_state(straight / "last.pt")["progress"]["run_id"]
+        progress = load_state(straight / "last.pt")["progress"]
+        assert progress["step"] == 3 * 2  # each of the 40 training images once an epoch: 2 batches of 32
+        run_id = progress["run_id"]
         logged = set(MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics)
         assert {"train.reward", "train.baseline", "train.entropy"} <= logged, sorted(logged)
     if mode == "hard":

@@ -99,3 +99,25 @@ def test_image_batches_hold_whole_images_about_batch_size_captions_sharded_and_r
     resumed = ImageBatchSampler(images, batch_size=32, seed=0)
     resumed.load_state_dict(sampler.state_dict(batches_done=4))
     assert list(resumed) == batches[4:]
+
+
+def test_once_per_image_yields_every_image_once_an_epoch_as_its_first_item_and_resumes():
+    from captioner.data.sampler import OncePerImageSampler
+
+    images = [k // 5 for k in range(500)]  # 100 images x 5 captions
+    _rng.shuffle(images)
+    first = {}
+    for i, owner in enumerate(images):
+        first.setdefault(owner, i)
+    sampler = OncePerImageSampler(images, batch_size=16, seed=0)
+    batches = list(sampler)
+    assert len(batches) == len(sampler) == 7 and sorted(len(b) for b in batches) == [4] + [16] * 6
+    assert sorted(i for b in batches for i in b) == sorted(first.values())  # each image once, first item
+    assert all(len({images[i] for i in b}) == len(b) for b in batches)  # distinct images in a batch
+    sampler.set_epoch(1)
+    assert list(sampler) != batches  # reshuffled per epoch
+    resumed = OncePerImageSampler(images, batch_size=16, seed=0)
+    resumed.load_state_dict(OncePerImageSampler(images, 16, seed=0).state_dict(batches_done=3))
+    assert list(resumed) == batches[3:]
+    with pytest.raises(ConfigError, match="no items"):
+        OncePerImageSampler([], 4)

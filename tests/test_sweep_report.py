@@ -98,6 +98,18 @@ def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
     assert {a.path for a in client.list_artifacts(parent, "report")} == {
         f"report/optim_dropout_cpu.{x}" for x in ("md", "json", "png")
     }
+    # One summary run per version under the parent, updated (not duplicated) when the report reruns.
+    assert report.log_to_parent(uri, s, files) == parent
+    children = client.search_runs(
+        [client.get_run(parent).info.experiment_id], f"tags.`{report.SUMMARY_TAG}` != ''"
+    )
+    assert sorted(r.info.run_name for r in children) == [f"{v} mean of 3 seeds" for v in BLEU]
+    summary = next(r for r in children if r.data.tags[report.SUMMARY_TAG] == "v17").data
+    assert summary.metrics["val.bleu4.mean"] == pytest.approx(v17["mean"]) and summary.metrics["n_seeds"] == 3
+    assert summary.tags["mlflow.parentRunId"] == parent and "seed.bleu4" not in summary.metrics  # "n/a"
+    assert len(report.collect(uri, "sweep-optim_dropout-cpu")) == 9  # summaries are not trials
+    url = report.compare_url(uri, parent)
+    assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=") and summary_id(children, "v15") in url
 
 
 def test_report_refuses_verdicts_below_competence(tmp_path: Path) -> None:
@@ -133,3 +145,8 @@ def test_report_refuses_verdicts_below_competence(tmp_path: Path) -> None:
     assert claims["glove_vs_random_embeddings"].startswith("not tested: needs GloVe vectors")
     assert "7.2e-08" in md  # tiny numbers keep their exponent
     assert math.isclose(s["wall_time"]["runs_s"], 8.0)
+
+
+def summary_id(runs: list, version: str) -> str:
+    """The run id of ``version``'s summary run among ``runs``."""
+    return next(r.info.run_id for r in runs if r.data.tags[report.SUMMARY_TAG] == version)

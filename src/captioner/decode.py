@@ -256,32 +256,44 @@ def sample_with_grad(
     decoder: nn.Module, annotations: Tensor, n: int = 1, max_len: int = 30, temperature: float = 1.0
 ) -> Rollout:
     """n captions per image sampled in the decoder's current mode (train: dropout, hard locations sampled),
-    keeping the graph, so ``-(reward * log_probs).sum()`` is the REINFORCE loss (Williams 1992)."""
+    keeping the graph, so ``-(reward * log_probs).sum()`` is the REINFORCE loss (Williams 1992).
+
+    A sample that has drawn ``<end>`` leaves the computation (its rows are dropped from the state), so
+    the steps and the backward pass cost the samples' own lengths, not the batch's longest one each.
+    """
     DecodeConfig(method="sample", n_best=n, temperature=temperature, max_len=max_len)
     projected, state = _prepare(decoder, annotations, n)
-    banned = torch.tensor(_banned(False), device=annotations.device)
-    rows = annotations.shape[0] * n
-    words = torch.full((rows,), START_ID, dtype=torch.long, device=annotations.device)
-    finished = torch.zeros(rows, dtype=torch.bool, device=annotations.device)
+    batch, device = annotations.shape[0], annotations.device
+    # One row per sample (the n copies of an image no longer consecutive once rows drop out).
+    annotations, projected = annotations.repeat_interleave(n, 0), projected.repeat_interleave(n, 0)
+    banned = torch.tensor(_banned(False), device=device)
+    rows = batch * n
+    active = torch.arange(rows, device=device)  # the rows still sampling, in row order
+    words = torch.full((rows,), START_ID, dtype=torch.long, device=device)
     tokens, log_probs, masks, entropies = [], [], [], []
     for _ in range(max_len):
         logits, _, state, locations = decoder.step_locations(words, state, annotations, projected)
         # The policy is the distribution the words are drawn from: banned words masked out of place
         # (autograd needs log_softmax's output unchanged), the rest renormalised.
         logp = torch.log_softmax((logits / temperature).index_fill(-1, banned, -math.inf), dim=-1)
-        words = torch.multinomial(logp.detach().exp(), 1).squeeze(1).masked_fill(finished, PAD_ID)
+        words = torch.multinomial(logp.detach().exp(), 1).squeeze(1)
         word_logp = logp.gather(1, words[:, None]).squeeze(1)
         if locations is not None:  # the location is part of the sampled action (hard attention)
             word_logp = word_logp + locations.log_prob
-        tokens.append(words)
-        masks.append(~finished)
-        log_probs.append(word_logp.masked_fill(finished, 0.0))
         p = logp.detach().exp()
-        entropies.append(-(p * logp.detach().masked_fill(p == 0, 0.0)).sum(-1))
-        finished = finished | (words == END_ID)
-        if bool(finished.all()):
+        entropy = -(p * logp.detach().masked_fill(p == 0, 0.0)).sum(-1)
+        # Back to all rows: finished ones hold <pad>, log p 0 (no gradient), mask False.
+        tokens.append(words.new_full((rows,), PAD_ID).index_copy(0, active, words))
+        log_probs.append(word_logp.new_zeros(rows).index_copy(0, active, word_logp))
+        masks.append(torch.zeros(rows, dtype=torch.bool, device=device).index_fill(0, active, True))
+        entropies.append(entropy.new_zeros(rows).index_copy(0, active, entropy))
+        going = words != END_ID
+        if not bool(going.any()):
             break
-    batch = annotations.shape[0]
+        if not bool(going.all()):
+            keep = going.nonzero().squeeze(1)
+            active, words, state = active[keep], words[keep], state.select(keep)
+            annotations, projected = annotations[keep], projected[keep]
 
     def stack(x: list[Tensor]) -> Tensor:
         return torch.stack(x, 1).view(batch, n, -1)

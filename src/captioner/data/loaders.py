@@ -18,7 +18,7 @@ from captioner.data.dataset import (
     collate_images,
 )
 from captioner.data.features import FeatureReader
-from captioner.data.sampler import BucketBatchSampler, ImageBatchSampler
+from captioner.data.sampler import BucketBatchSampler, ImageBatchSampler, OncePerImageSampler
 from captioner.data.transforms import build_eval_transform, build_train_transform
 from captioner.data.vocab import Vocab
 from captioner.errors import ConfigError, require
@@ -43,6 +43,7 @@ def build_loaders(
     num_workers: int = 0,
     bucket: bool = True,
     group_by_image: bool = False,
+    once_per_image: bool = False,
     augment: dict | None = None,
     features: FeatureReader | None = None,
     distributed: tuple[int, int] = (1, 0),
@@ -58,8 +59,15 @@ def build_loaders(
     ``eval_splits`` (default: every split but train) in dataset order, sharded under DDP; the
     train sampler is ``train_loader.batch_sampler`` (call ``set_epoch``; save its state to resume).
     ``group_by_image`` batches whole images (every caption of each image, one view shared by them,
-    each image's input once with ``image_index``; see :class:`ImageBatchSampler`) instead of buckets.
+    each image's input once with ``image_index``; see :class:`ImageBatchSampler`) instead of buckets;
+    ``once_per_image`` trains on each image once an epoch, one caption item each (SCST, which samples
+    its own captions; see :class:`OncePerImageSampler`).
     """
+    require(
+        not (group_by_image and once_per_image),
+        "group_by_image (every caption of an image) and once_per_image (one item an image) exclude "
+        "each other; set data.loader.group_by_image=false",
+    )
     augment = dict(augment or {})
     unknown = sorted(set(augment) - set(AUGMENT_KEYS))
     require(not unknown, f"unknown augment keys {unknown}; valid keys: {list(AUGMENT_KEYS)}")
@@ -86,6 +94,8 @@ def build_loaders(
     shards = dict(shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank, drop_last=drop_last)
     if group_by_image:
         sampler = ImageBatchSampler(train.pairs[:, 0], batch_size, **shards)
+    elif once_per_image:
+        sampler = OncePerImageSampler(train.pairs[:, 0], batch_size, **shards)
     else:
         sampler = BucketBatchSampler(train.lengths, batch_size, bucket=bucket, **shards)
     # Seeds the workers' RNG (flips, crops, jitter): reproducible, and different per rank.

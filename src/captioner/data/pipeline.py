@@ -158,6 +158,8 @@ def build_data(
         features=features,
         distributed=(dist_info.world_size, dist_info.rank),
         seed=cfg.trainer.seed,
+        # SCST samples its own captions for an image and rewards them against all its references
+        once_per_image=cfg.objective.name == "scst",
         **loader_cfg,
     )
     return Data(

@@ -144,18 +144,42 @@ class ImageBatchSampler(BucketBatchSampler):
     """
 
     def __init__(self, images: Sequence[int], batch_size: int, **kwargs):
-        images = torch.as_tensor(images, dtype=torch.long)
-        require(len(images) > 0, "ImageBatchSampler got no items; the split is empty")
-        # the items of the k-th distinct image are order[starts[k]:starts[k + 1]], in item order
-        order = torch.sort(images, stable=True).indices
-        counts = torch.unique_consecutive(images[order], return_counts=True)[1]
-        self._order, self._starts = order.tolist(), [0, *counts.cumsum(0).tolist()]
+        self._order, self._starts = _items_by_image(images, type(self).__name__)
+        n_images = len(self._starts) - 1
         kwargs["bucket"] = False  # whole images: their captions' lengths cannot be bucketed
-        per_batch = max(1, round(batch_size * len(counts) / len(images)))
-        super().__init__([1] * len(counts), per_batch, **kwargs)
+        per_batch = max(1, round(batch_size * n_images / len(images)))
+        super().__init__([1] * n_images, per_batch, **kwargs)
 
     def _all_batches(self) -> list[list[int]]:
         order, starts = self._order, self._starts
         return [
             [i for k in batch for i in order[starts[k] : starts[k + 1]]] for batch in super()._all_batches()
         ]
+
+
+class OncePerImageSampler(BucketBatchSampler):
+    """Each image once an epoch (as its first caption's item), ``batch_size`` distinct images a batch.
+
+    For objectives that score against every reference of an image (SCST samples k captions per image
+    and rewards them against all its references): over caption items each image would come ~5 times
+    an epoch, 5x the steps for the same images, and a batch could hold one image twice. The order,
+    sharding, ``drop_last`` and resume are the bucket sampler's, counted in images.
+    """
+
+    def __init__(self, images: Sequence[int], batch_size: int, **kwargs):
+        order, starts = _items_by_image(images, type(self).__name__)
+        self._first = [order[k] for k in starts[:-1]]
+        kwargs["bucket"] = False
+        super().__init__([1] * len(self._first), batch_size, **kwargs)
+
+    def _all_batches(self) -> list[list[int]]:
+        return [[self._first[k] for k in batch] for batch in super()._all_batches()]
+
+
+def _items_by_image(images: Sequence[int], sampler: str) -> tuple[list[int], list[int]]:
+    """``order, starts``: the items of the k-th distinct image are ``order[starts[k]:starts[k + 1]]``."""
+    images = torch.as_tensor(images, dtype=torch.long)
+    require(len(images) > 0, f"{sampler} got no items; the split is empty")
+    order = torch.sort(images, stable=True).indices
+    counts = torch.unique_consecutive(images[order], return_counts=True)[1]
+    return order.tolist(), [0, *counts.cumsum(0).tolist()]
