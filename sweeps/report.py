@@ -352,9 +352,13 @@ SUMMARY_TAG = "sweep.summary"  # on a version's summary run: the version (never 
 def log_version_summaries(client: Any, parent: str, s: dict[str, Any]) -> dict[str, str]:
     """One finished child run of ``parent`` per version with its mean/CI metrics; ``{version: run id}``.
 
+    Metrics: ``bleu4_val_mean`` and ``bleu4_val_ci95`` (the 95% t-interval's half-width), the same for
+    ``cider_d_val``, ``object_f1_test`` and ``time_train_s``, and ``bleu4_val_seed``, the seed's reported
+    number.
+
     A rerun of the report updates the same runs (found by their tag), so the UI never shows stale twins.
     """
-    from mlflow.entities import Metric
+    from mlflow.entities import Metric, Param
 
     exp_id, ids = _summary_runs(client, parent)
     now = int(time.time() * 1000)
@@ -364,15 +368,19 @@ def log_version_summaries(client: Any, parent: str, s: dict[str, Any]) -> dict[s
         if v in ids:
             client.update_run(ids[v], name=name)
         else:
-            tags = {"mlflow.parentRunId": parent, SUMMARY_TAG: v, "seed_flags": row["flags"]}
+            tags = {"mlflow.parentRunId": parent, SUMMARY_TAG: v}
             ids[v] = client.create_run(exp_id, run_name=name, tags=tags).info.run_id
-        metrics = {"n_seeds": n, "seed.bleu4": _float(row["seed_bleu4"])}
-        for m in SHOWN:
-            d = row["metrics"].get(m)
-            if d:
-                metrics.update(
-                    {f"{m}.mean": d["mean"], f"{m}.ci_low": d["ci_low"], f"{m}.ci_high": d["ci_high"]}
-                )
+            # params are write-once in MLflow: the compare page's Parameters table says what each version is
+            client.log_batch(ids[v], params=[Param("seed_flags", row["flags"][:6000] or "-")])
+        client.set_tag(ids[v], "n_seeds", str(n))
+        # Names that sort BLEU-4's mean, half-width and the seed's number together (the compare page
+        # lists metrics alphabetically in a short scrolling table): bleu4_val_ci95, _mean, _seed, ...
+        metrics = {"bleu4_val_seed": _float(row["seed_bleu4"])}
+        for m, d in row["metrics"].items():
+            if m in SHOWN:
+                split, name = m.split(".", 1)
+                key = f"{name}_{split}" if split in ("val", "test") else m.replace(".", "_")
+                metrics.update({f"{key}_mean": d["mean"], f"{key}_ci95": d["ci_high"] - d["mean"]})
         batch = [
             Metric(k, float(x), now, 0) for k, x in metrics.items() if x is not None and math.isfinite(x)
         ]

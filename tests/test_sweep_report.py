@@ -105,8 +105,11 @@ def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
     )
     assert sorted(r.info.run_name for r in children) == [f"{v} mean of 3 seeds" for v in BLEU]
     summary = next(r for r in children if r.data.tags[report.SUMMARY_TAG] == "v17").data
-    assert summary.metrics["val.bleu4.mean"] == pytest.approx(v17["mean"]) and summary.metrics["n_seeds"] == 3
-    assert summary.tags["mlflow.parentRunId"] == parent and "seed.bleu4" not in summary.metrics  # "n/a"
+    assert summary.metrics["bleu4_val_mean"] == pytest.approx(v17["mean"]) and summary.tags["n_seeds"] == "3"
+    assert summary.tags["mlflow.parentRunId"] == parent and "bleu4_val_seed" not in summary.metrics  # "n/a"
+    assert summary.metrics["bleu4_val_ci95"] == pytest.approx(v17["ci_high"] - v17["mean"])
+    assert {"cider_d_val_mean", "object_f1_test_mean", "time_train_s_mean"} <= set(summary.metrics)
+    assert summary.params["seed_flags"] == "--v17"
     assert len(report.collect(uri, "sweep-optim_dropout-cpu")) == 9  # summaries are not trials
     url = report.compare_url(uri, parent)
     assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=") and summary_id(children, "v15") in url
