@@ -278,3 +278,28 @@ def test_sweep_trials_are_children_of_one_parent_named_by_group_and_scale(
     assert [r.info.run_name for r in children] == ["v42-s0-025df50", "v42-s1-025df50"]
     assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
     assert [r.data.tags["sweep.trial"] for r in children] == ["0", "1"]
+
+
+def test_transport_errors_and_write_conflicts_are_retried_and_a_real_refusal_is_not() -> None:
+    """Only MLflow's own refusal of a record drops it. A hung server's HTTP layer answered 400 "Invalid
+    HTTP request received." to a request cut off by the client's timeout; dropping that batch lost ten
+    metrics in CI. A SQL store answers 400 to two requests racing on the same rows: a race too."""
+    from mlflow.exceptions import MlflowException, RestException
+    from mlflow.protos.databricks_pb2 import BAD_REQUEST, INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    from captioner.tracking.sender import PermanentError, is_permanent
+
+    cut = (
+        "API request to endpoint /api/2.0/mlflow/runs/log-batch failed with error code 400 != 200. "
+        "Response body: 'Invalid HTTP request received.'"
+    )
+    assert not is_permanent(MlflowException(cut, error_code=BAD_REQUEST))
+    refused = RestException({"error_code": "INVALID_PARAMETER_VALUE", "message": "Param value too long"})
+    assert is_permanent(refused)
+    race = "(sqlite3.IntegrityError) UNIQUE constraint failed: metrics.key, metrics.timestamp"
+    assert not is_permanent(MlflowException(race, error_code=BAD_REQUEST))
+    pg = "(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint"
+    assert not is_permanent(MlflowException(pg, error_code=BAD_REQUEST))
+    assert not is_permanent(MlflowException("database is locked", error_code=TEMPORARILY_UNAVAILABLE))  # 503
+    assert is_permanent(MlflowException("Param value too long", error_code=INVALID_PARAMETER_VALUE))
+    assert is_permanent(PermanentError("artifact gone")) and not is_permanent(TimeoutError("timed out"))

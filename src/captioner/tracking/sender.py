@@ -21,13 +21,25 @@ class PermanentError(Exception):
     """A record MLflow will never take (a file gone, a value refused): it is dropped with a warning."""
 
 
+# Answers that look like refusals but are not about the record, so a retry can succeed:
+# - a 400 without MLflow's JSON error body: the HTTP layer, not MLflow, rejected the bytes (uvicorn's
+#   "Invalid HTTP request received." for a request cut off by a client timeout while the server was
+#   hung; treating it as a refusal dropped ten metrics in CI);
+# - a SQL store's 400 for two requests writing the same rows at once (a timed-out request the server
+#   still finishes, beside its resend or a sync): retried, the store keeps what is there, adds the rest.
+_NOT_ABOUT_THE_RECORD = ("Response body:", "IntegrityError", "UNIQUE constraint", "UniqueViolation")
+
+
 def is_permanent(err: BaseException) -> bool:
-    """A 4xx answer (bad request, gone) will not change by retrying; timeouts, 5xx and I/O errors may."""
+    """MLflow's own 4xx answer (bad request, gone) will not change by retrying; timeouts, 5xx, I/O
+    errors, 4xx from the HTTP layer and write conflicts between concurrent requests may."""
     from mlflow.exceptions import MlflowException
 
     if isinstance(err, PermanentError):
         return True
     if isinstance(err, MlflowException):
+        if any(needle in str(err) for needle in _NOT_ABOUT_THE_RECORD):
+            return False
         code = err.get_http_status_code()
         return 400 <= code < 500 and code not in (408, 429)
     return False
