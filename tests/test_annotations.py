@@ -29,7 +29,16 @@ def counting_parser(monkeypatch, what: str = "_read_annotations") -> list[Path]:
 
 
 @pytest.mark.slow  # two short trainings' worth of start-up (~20 s idle, minutes on a busy machine)
+@pytest.mark.parametrize(
+    "encoder",
+    [
+        pytest.param([], id="frozen"),
+        # fine-tuning stage4-conv5: the cache holds stage3's map, the tail trains on it
+        pytest.param(["encoder.finetune=true", "encoder.finetune_from=stage4"], id="partial"),
+    ],
+)
 def test_a_cache_built_ahead_is_what_training_reads_and_training_reads_annotations_once(
+    encoder,
     shapes_data,  # noqa: F811 - a fixture
     tmp_path,
     monkeypatch,
@@ -38,13 +47,16 @@ def test_a_cache_built_ahead_is_what_training_reads_and_training_reads_annotatio
     from captioner.cache import build_cache, main
     from captioner.config import register
     from captioner.data.features import FeatureCache
+    from captioner.data.store import ImageStore
     from captioner.train.loop import train
 
-    overrides = [*fast_overrides(shapes_data, tmp_path / "run"), "trainer.epochs=1"]
+    overrides = [*fast_overrides(shapes_data, tmp_path / "run"), "trainer.epochs=1", *encoder]
     folder = build_cache(overrides)
     assert "feature cache ready" in capsys.readouterr().out
     calls = counting_parser(monkeypatch)  # forgets what build_cache parsed: a new process, in effect
     monkeypatch.setattr(FeatureCache, "_compute", lambda *a: pytest.fail("training encoded images again"))
+    for read in ("pil", "tensor"):  # no image is decoded: every step and every evaluation reads the cache
+        monkeypatch.setattr(ImageStore, read, lambda *a: pytest.fail("training decoded an image"))
     register()
     with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
         cfg = compose("config", overrides=overrides)
@@ -53,7 +65,7 @@ def test_a_cache_built_ahead_is_what_training_reads_and_training_reads_annotatio
     assert len(calls) == 1, calls  # loop, setup, every split's dataset, loaders, cache, evaluation
     assert folder.is_dir()
     with pytest.raises(SystemExit) as exit_info:
-        main([*overrides, "encoder.finetune=true"])
+        main([*overrides, "encoder.finetune=true", "encoder.finetune_from=null"])
     assert exit_info.value.code == 2 and "nothing to cache" in capsys.readouterr().err
 
 

@@ -98,18 +98,20 @@ def test_scheduled_sampling_mixes_per_sequence_and_is_seeded() -> None:
 
 
 def test_captioner_accepts_images_or_cached_features() -> None:
+    """Cached features are the encoder's frozen prefix's maps; the model applies the tail (here the 1x1 conv)."""
     enc = build_encoder("shufflenet_v2_x0_5", pretrained=False, encoder_dim=D, encoder_size=2).eval()
     model = Captioner(enc, tiny()).eval()
     images = torch.rand(2, 3, 64, 64)
     _, captions = batch(b=2)
     with torch.no_grad():
-        fmap = enc(images)
+        fmap = enc.encode_prefix(images)
         from_images = model(images, captions)
         from_features = model(fmap, captions)
         explicit = model(fmap, captions, features=True)
     assert torch.allclose(from_images.logits, from_features.logits, atol=1e-6)
     assert torch.equal(from_features.logits, explicit.logits)
-    ambiguous = torch.rand(2, 3, 4, D)
+    assert fmap.shape[-1] == enc.prefix_dim != D
+    ambiguous = torch.rand(2, 3, 4, enc.prefix_dim)
     with pytest.raises(ConfigError, match="features=True"):
         model(ambiguous, captions)
 

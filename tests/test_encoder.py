@@ -190,6 +190,13 @@ def test_finetune_start_step_defers_unfreezing() -> None:
         ({"arch": "resnet18", "finetune_start_step": -1}, "finetune_start_step=-1"),
         ({"arch": "resnet18", "layer": "layer9"}, "layer1, layer2, layer3, layer4"),
         ({"arch": "mobilenet_v2", "layer": 13}, "encoder.layer=13"),
+        # fine-tuning from a block after encoder.layer, from the first block, from no block
+        (
+            {"arch": "resnet18", "layer": "layer3", "finetune_from": "layer4"},
+            "maxpool, layer1, layer2, layer3",
+        ),
+        ({"arch": "mobilenet_v2", "finetune": True, "finetune_from": "features.0"}, "features.1, features.2"),
+        ({"arch": "mobilenet_v2", "finetune_from": "block7"}, "encoder.finetune_from='block7'"),
     ],
 )
 def test_bad_encoder_config(kwargs: dict, needle: str) -> None:
@@ -207,3 +214,97 @@ def test_encoder_configs_map_to_build_encoder() -> None:
         cfg = group_yaml(f)
         assert set(cfg) <= set(kwargs), f.name
         assert cfg["arch"] in ARCHS and (f.stem == cfg["arch"] or f.stem == "shufflenet")
+
+
+def _partial(**kwargs) -> Encoder:
+    """mobilenet_v2 cut at features.6 (a 4x4 map at 64 px), fine-tuning features.4-6 only."""
+    torch.manual_seed(0)
+    return build_encoder(
+        "mobilenet_v2",
+        pretrained=False,
+        layer="features.6",
+        finetune=True,
+        finetune_from="features.4",
+        **kwargs,
+    )
+
+
+def test_finetune_from_trains_only_the_blocks_from_it() -> None:
+    enc = _partial()
+    prefix = ("features.0.", "features.1.", "features.2.", "features.3.")
+    params = {k.removeprefix("extractor."): v for k, v in enc.backbone.named_parameters()}
+    trainable = {k for k, p in params.items() if p.requires_grad}
+    assert trainable == {k for k in params if not k.startswith(prefix)}
+    before = {k: v.clone() for k, v in enc.backbone.state_dict().items()}
+    _one_step(enc)
+    after = {k.removeprefix("extractor."): v for k, v in enc.backbone.state_dict().items()}
+    before = {k.removeprefix("extractor."): v for k, v in before.items()}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(not k.startswith(prefix) for k in changed)  # the prefix: weights and BN stats
+    assert any(k.startswith("features.4.") and k.endswith("weight") for k in changed)
+    assert any(k.endswith("running_mean") for k in changed)  # the fine-tuned blocks' BN is in train mode
+    assert all(p.grad is None for k, p in params.items() if k.startswith(prefix))
+
+
+def test_partial_fine_tune_keeps_checkpoint_keys_and_splits_exactly() -> None:
+    """The split shares the backbone's modules: same state_dict, and prefix + tail equals forward."""
+    enc = _partial(encoder_dim=8, encoder_size=2).eval()
+    whole = build_encoder("mobilenet_v2", pretrained=False, layer="features.6", finetune=True, encoder_dim=8)
+    assert enc.state_dict().keys() == whole.state_dict().keys()
+    ids = {id(p) for p in enc.parameters()}
+    assert all(id(p) in ids for part in enc._split for p in part.parameters())
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        cached = enc.encode_prefix(images)
+        assert cached.shape == (2, 16, 16, 24) and enc.prefix_dim == 24  # features.3 map, stride 4
+        assert torch.equal(enc.apply_tail(cached), enc(images))
+        assert enc(images).shape == (2, 2, 2, 8)
+    assert enc.tail_start == "features.4" and enc.cacheable
+
+
+def test_frozen_prefix_module_holds_only_frozen_parameters() -> None:
+    enc = _partial().train()
+    prefix = enc.frozen_prefix()
+    assert not any(p.requires_grad for p in prefix.parameters())
+    assert any(p.requires_grad for p in enc.parameters())
+    prefix.train()  # the cache switches the module back to its mode after encoding
+    assert all(not m.training for m in prefix.modules() if isinstance(m, nn.BatchNorm2d))
+    whole = build_encoder("mobilenet_v3_small", pretrained=False, finetune=True)
+    with pytest.raises(ConfigError, match="finetune_from"):
+        whole.frozen_prefix()
+    frozen = build_encoder("mobilenet_v3_small", pretrained=False)
+    assert frozen.frozen_prefix() is frozen and frozen.tail_start is None  # the cache holds annotations
+
+
+def test_finetune_from_is_read_only_with_finetune() -> None:
+    """A sweep scale sets it for every version: a frozen version stays the frozen encoder it was."""
+    torch.manual_seed(0)
+    plain = build_encoder("mobilenet_v2", pretrained=False, layer="features.6")
+    torch.manual_seed(0)
+    frozen = build_encoder("mobilenet_v2", pretrained=False, layer="features.6", finetune_from="features.4")
+    assert frozen.tail_start is None and not any(p.requires_grad for p in frozen.parameters())
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(plain.eval()(images), frozen.eval()(images))
+
+
+def test_delayed_partial_fine_tune_thaws_only_the_tail() -> None:
+    enc = _partial(finetune_start_step=10)
+    assert not any(p.requires_grad for p in enc.parameters())
+    enc.set_finetune(True)
+    enc.train()
+    thawed = {n.split(".")[2] for n, p in enc.backbone.named_parameters() if p.requires_grad}
+    assert thawed == {"4", "5", "6"}  # extractor.features.<block>...
+    assert all(not m.training for m in enc._split[0].modules() if isinstance(m, nn.BatchNorm2d))
+    assert all(m.training for m in enc._split[1].modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_partial_fine_tune_of_a_whole_densenet_keeps_its_final_relu() -> None:
+    torch.manual_seed(0)
+    enc = build_encoder("densenet121", pretrained=False, finetune=True, finetune_from="features.norm5").eval()
+    images = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        out = enc.apply_tail(enc.encode_prefix(images))
+        assert (out >= 0).all() and torch.equal(out, enc(images))
+        expected = enc.backbone((images - enc.mean) / enc.std).permute(0, 2, 3, 1)
+        assert torch.allclose(out, expected, atol=1e-6)

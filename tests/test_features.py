@@ -160,3 +160,69 @@ def test_progress_without_a_terminal_prints_size_and_eta_lines(prepared, capsys,
     assert "encoding 3 of 3 images" in caplog.text and "GiB" in caplog.text
     err = capsys.readouterr().err
     assert "features train: 3/3" in err and "\r" not in err
+
+
+def _config(**encoder) -> dict:
+    """The parts of a resolved train config the feature cache reads."""
+    enc = {"arch": "mobilenet_v2", "pretrained": False, "encoder_dim": None, "encoder_size": None}
+    enc |= {"finetune": False, "finetune_start_step": 0, "layer": "features.6", "finetune_from": None}
+    return {
+        "encoder": {**enc, **encoder},
+        "trainer": {"seed": 0, "cache_features": True, "encode_batch_size": 4},
+        "data": {"loader": {"image_size": 32, "num_workers": 0}},
+    }
+
+
+def test_the_cache_holds_the_frozen_prefix_keyed_on_where_it_ends(prepared):
+    """Partial fine-tuning caches the prefix's map, keyed on its cut; tail-only settings share it."""
+    from captioner.data.pipeline import cached_features, feature_key, uses_feature_cache
+    from captioner.model.encoder import build_encoder
+
+    root, _ = prepared
+
+    def cache(**encoder):
+        config = _config(**encoder)
+        torch.manual_seed(0)
+        model = build_encoder(**config["encoder"])
+        assert uses_feature_cache(config)
+        reader = cached_features(root, config, model, ["val"], torch.device("cpu"))
+        return reader, model, feature_key(config, model)
+
+    frozen, _, frozen_key = cache()
+    assert cache(finetune_from="features.4")[0].folder == frozen.folder  # unread when frozen
+    assert frozen_key == {
+        **{k: v for k, v in _config()["encoder"].items() if k != "finetune_from"},
+        "init_seed": 0,
+    }  # the key frozen caches had before finetune_from existed
+    partial, model, key = cache(finetune=True, finetune_from="features.4")
+    assert key["prefix_ends_before"] == "features.4" and partial.folder != frozen.folder
+    assert partial.shape == (8, 8, model.prefix_dim)  # features.3's map at 32 px
+    other_tail = cache(finetune=True, finetune_from="features.4", encoder_dim=8, finetune_start_step=5)[0]
+    assert other_tail.folder == partial.folder  # the tail's settings do not change the prefix
+    assert cache(finetune=True, finetune_from="features.5")[0].folder != partial.folder
+    projected, model_p, key_p = cache(encoder_dim=8)  # a frozen trunk, then a trainable 1x1 conv
+    assert key_p["prefix_ends_before"] == "project" and projected.folder not in (
+        frozen.folder,
+        partial.folder,
+    )
+
+    # Applying the tail to the cached maps gives the encoder's output up to the cache's fp16 rounding.
+    images = ImageDataset(root, "val", FeatureCache(root, KEY, 32).transform)[0]["image"][None]
+    for reader, encoder in ((partial, model), (projected, model_p)):
+        encoder.eval()
+        with torch.no_grad():
+            from_cache = encoder.apply_tail(reader["val0"].float()[None])
+            assert torch.allclose(from_cache, encoder(images), atol=2e-2, rtol=1e-2)
+
+
+def test_a_whole_trunk_fine_tune_or_cache_features_false_encodes_every_step():
+    from captioner.data.pipeline import uses_feature_cache
+
+    assert not uses_feature_cache(_config(finetune=True))
+    assert not uses_feature_cache(
+        {**_config(finetune=True, finetune_from="features.4"), "trainer": {"cache_features": False}}
+    )
+    assert uses_feature_cache(_config(encoder_dim=8))  # v23: frozen trunk + new 1x1 conv
+    old = _config()
+    del old["encoder"]["finetune_from"]  # a checkpoint written before the key existed
+    assert uses_feature_cache(old)

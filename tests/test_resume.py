@@ -137,3 +137,23 @@ def test_hard_attention_and_scst_resume_exactly(mode: str, shapes_data: Path, tm
     proc = run_train(shapes_data, tmp_path / "hydra", f"trainer.resume={killed}", *overrides)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _assert_same_run(straight, killed)
+
+
+def test_partial_fine_tune_on_the_cache_resumes_exactly(shapes_data: Path, tmp_path: Path) -> None:
+    """Fine-tuning stage4-conv5 on cached stage3 maps, thawed mid-run (step 10, in epoch 2 of 7-step
+    epochs): the tail's weights and BatchNorm statistics continue exactly after a kill."""
+    overrides = [
+        "trainer.epochs=3",
+        "encoder.finetune=true",
+        "encoder.finetune_from=stage4",
+        "encoder.finetune_start_step=10",
+    ]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    proc = run_train(shapes_data, straight, *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "training on cached frozen-encoder features" in proc.stdout
+    saved = kill_after_epoch(shapes_data, killed, 1, *overrides)
+    assert saved in (1, 2), f"killed after epoch {saved}: nothing left to resume"
+    proc = run_train(shapes_data, tmp_path / "hydra", f"trainer.resume={killed}", *overrides)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _assert_same_run(straight, killed)

@@ -117,7 +117,21 @@ def test_seed_settings_reach_the_config() -> None:
     cfg = _compose("version=v43")
     assert cfg.tf.name == "inv_sigmoid" and cfg.tf.k == 1.2 and cfg.decoder.dropout == 0.5
     cfg = _compose("version=v23")
-    assert cfg.encoder.encoder_dim == 256 and cfg.trainer.cache_features is False
+    assert cfg.encoder.encoder_dim == 256 and cfg.trainer.cache_features is True
+
+
+@pytest.mark.parametrize("group", ["pretrain_finetune", "optical_finetune"])
+def test_fine_tuning_versions_at_scale_cpu_train_on_the_cache_unless_they_augment(group: str) -> None:
+    """scale=cpu fine-tunes from encoder.finetune_from, so every version but optical augmentation's
+    (v61, v62: augmented images are encoded every step) trains on a cache of the frozen prefix."""
+    from captioner.data.pipeline import uses_feature_cache
+
+    for version in _grid_versions(group):
+        cfg = _compose(f"sweep={group}", "scale=cpu", f"version={version}")
+        parts = {k: OmegaConf.to_container(cfg[k]) for k in ("encoder", "trainer")}
+        augmented = cfg.data.augment.optical_strength > 0
+        assert uses_feature_cache(parts) == (not augmented), version
+        assert cfg.encoder.finetune_from is not None
 
 
 @pytest.mark.parametrize("context", ["soft", "mean", "blind"])

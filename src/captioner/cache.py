@@ -1,9 +1,10 @@
 """Entry point: ``python -m captioner.cache data=coco [train.py overrides]`` builds the feature cache ahead.
 
-A frozen encoder's features are otherwise computed inside the first training run, before its first
-step (~1.8 h for COCO on a CPU). This takes the same overrides as ``train.py`` and runs the same code
-path up to the cache (prepared data, model, ``build_data``), so the cache it writes is the one that
-training with those overrides reads; it shows progress with an ETA and resumes if interrupted.
+A frozen encoder's features (or, fine-tuning from ``encoder.finetune_from``, its frozen prefix's maps)
+are otherwise computed inside the first training run, before its first step (~1.8 h for COCO on a
+CPU). This takes the same overrides as ``train.py`` and runs the same code path up to the cache
+(prepared data, model, ``build_data``), so the cache it writes is the one that training with those
+overrides reads; it shows progress with an ETA and resumes if interrupted.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def compose_train_config(overrides: Sequence[str]) -> DictConfig:
 def build_cache(overrides: Sequence[str]) -> Path:
     """Compose the training config with ``overrides`` and fill its feature cache; returns the cache folder."""
     from captioner.data.features import FeatureReader
-    from captioner.data.pipeline import build_data, ensure_prepared
+    from captioner.data.pipeline import build_data, ensure_prepared, uses_feature_cache
     from captioner.data.vocab import Vocab
     from captioner.model.build import build_model
     from captioner.runtime.device import resolve_device
@@ -50,10 +51,11 @@ def build_cache(overrides: Sequence[str]) -> Path:
     from captioner.train.loop import seed_everything
 
     cfg = compose_train_config(overrides)
-    if not cfg.trainer.cache_features or cfg.encoder.finetune:
+    if not uses_feature_cache(OmegaConf.to_container(cfg)):
         raise ConfigError(
-            "nothing to cache: training encodes every step with encoder.finetune=true or "
-            "trainer.cache_features=false; drop those overrides to build the cache"
+            "nothing to cache: training encodes every step with trainer.cache_features=false or "
+            "encoder.finetune=true and encoder.finetune_from=null (the whole trunk trains); drop "
+            "cache_features=false, or fine-tune from a block (encoder.finetune_from=features.11)"
         )
     seed_everything(cfg.trainer.seed)  # a randomly initialised encoder's features depend on the seed
     root = ensure_prepared(cfg.data)
@@ -62,7 +64,7 @@ def build_cache(overrides: Sequence[str]) -> Path:
     model = build_model(cfg.encoder, cfg.decoder, vocab).to(device)
     data = build_data(cfg, root, vocab, model, device, SINGLE)
     reader = data.train.dataset.source.features
-    assert isinstance(reader, FeatureReader)  # cache_features and a frozen encoder: set above
+    assert isinstance(reader, FeatureReader)  # cache_features and a frozen prefix: checked above
     print(f"feature cache ready: {reader.folder} ({len(reader)} images, {reader.shape} per image)")
     return reader.folder
 

@@ -1,4 +1,8 @@
-"""A cache of frozen-encoder annotations, computed once per encoder setting and reused.
+"""A cache of frozen-encoder maps, computed once per encoder setting and reused.
+
+What is cached is the output of the encoder's frozen prefix (``Encoder.frozen_prefix``): the annotations
+of a frozen encoder, or, when a trainable tail follows (fine-tuned blocks, a new 1x1 projection), the
+trunk's map where that tail starts; training and evaluation apply the tail to it.
 
 Layout, under the prepared folder::
 
@@ -6,16 +10,17 @@ Layout, under the prepared folder::
     features/<key>/<split>.ids.json   the N image ids, in row order
     features/<key>/meta.json          key fields + finished splits; written LAST, atomically
 
-``<key>`` hashes everything the features depend on: the encoder config dict, the image size, the
-eval transform, the prepared data's content hash and its image index (so re-preparing images at
-another size gives another key). Changing any of them selects a new folder; old ones stay untouched.
+``<key>`` hashes everything the features depend on: the encoder setting (``pipeline.feature_key``:
+the prefix's cut included), the image size, the eval transform, the prepared data's content hash and
+its image index (so re-preparing images at another size gives another key). Changing any of them
+selects a new folder; old ones stay untouched.
 A split counts only once meta.json lists it, so an unfinished computation is never used. It is
 resumed instead: rows go straight into ``.<split>.partial.npy`` (a memory map with the final file's
 header) and ``.<split>.progress.json`` records, after each batch is flushed, how many rows are done
 and with which batch size; a rerun encodes only the remaining batches (same batch boundaries, so the
 finished file is byte-identical to an uninterrupted build) and renames the file into place.
 
-Only valid for a frozen encoder under the eval transform: augmentation or fine-tuning would change
+Only valid for frozen modules under the eval transform: augmentation or fine-tuning would change
 the features every step. Under DDP call ``ensure`` on rank 0 first, then barrier, then on the others.
 """
 
@@ -92,7 +97,7 @@ class FeatureCache:
         if encoder_key.get("finetune") or encoder_key.get("fine_tune"):
             raise ConfigError(
                 "feature caching needs a frozen encoder but encoder.finetune=true; "
-                "set encoder.finetune=false or data.cache_features=false"
+                "set encoder.finetune=false or trainer.cache_features=false"
             )
         from captioner.data.transforms import build_eval_transform
 
@@ -132,8 +137,8 @@ class FeatureCache:
         if trainable:
             raise ConfigError(
                 f"cannot cache features of an encoder with trainable parameters ({trainable[0]}, ...): "
-                "they would change during training; freeze it (encoder.finetune=false, no trainable "
-                "encoder_dim projection), cache only its frozen part, or set data.cache_features=false"
+                "they would change during training; cache only its frozen part "
+                "(Encoder.frozen_prefix()), or set trainer.cache_features=false"
             )
         splits = [split] if isinstance(split, str) else list(split)
         missing = [s for s in splits if s not in self.done_splits()]

@@ -1,5 +1,5 @@
-"""From a config to batches: the prepared folder (shapes generated on first use), the frozen-encoder
-feature cache, and the train and eval loaders bundled for the loop."""
+"""From a config to batches: the prepared folder (shapes generated on first use), the feature cache of
+the encoder's frozen prefix, and the train and eval loaders bundled for the loop."""
 
 from __future__ import annotations
 
@@ -62,8 +62,30 @@ def ensure_prepared(data_cfg: DictConfig, dist_info: DistInfo = SINGLE) -> Path:
 
 
 def uses_feature_cache(config: Mapping[str, Any]) -> bool:
-    """Whether a run with this resolved config trains (and is scored) on cached frozen-encoder features."""
-    return bool(config["trainer"]["cache_features"]) and not config["encoder"]["finetune"]
+    """Whether a run with this resolved config trains (and is scored) on cached features of its encoder's
+    frozen prefix: every encoder but one fine-tuned whole (``Encoder.cacheable``), unless
+    ``trainer.cache_features=false``."""
+    encoder = config["encoder"]
+    # .get: checkpoints written before encoder.finetune_from existed lack the key
+    frozen_prefix = not encoder["finetune"] or encoder.get("finetune_from") is not None
+    return bool(config["trainer"]["cache_features"]) and frozen_prefix
+
+
+def feature_key(config: Mapping[str, Any], encoder: torch.nn.Module) -> dict[str, Any]:
+    """What the cached maps of ``encoder``'s frozen prefix depend on (the feature cache's key).
+
+    A frozen encoder without a trainable tail caches its annotations, keyed on the whole ``encoder``
+    group as before ``finetune_from`` existed (which it ignores), so those caches stay valid. A prefix
+    followed by a trainable tail (fine-tuned blocks or the ``encoder_dim`` projection) caches the trunk's
+    map up to where the tail starts, whatever the tail's settings: runs that differ only there share it.
+    """
+    key = {k: v for k, v in config["encoder"].items() if k != "finetune_from"}
+    if encoder.tail_start is not None:
+        key = {k: key[k] for k in ("arch", "pretrained", "layer")}
+        key["prefix_ends_before"] = encoder.tail_start
+    if not key["pretrained"]:  # a randomly initialised encoder's features depend on the seed
+        key["init_seed"] = config["trainer"]["seed"]
+    return key
 
 
 def cached_features(
@@ -74,25 +96,25 @@ def cached_features(
     device: torch.device,
     dist_info: DistInfo = SINGLE,
 ) -> FeatureReader:
-    """The fp16 feature cache of ``config``'s frozen encoder over ``splits`` (encoded on first use).
+    """The fp16 cache of ``encoder``'s frozen-prefix maps over ``splits`` (encoded on first use).
 
-    Training and evaluate.py both read features through here, so one checkpoint scores the same
-    whichever of them evaluates it.
+    Training and evaluate.py both read features through here (and apply the encoder's trainable tail
+    to them), so one checkpoint scores the same whichever of them evaluates it.
     """
-    key = dict(config["encoder"])
-    if not key["pretrained"]:  # a randomly initialised encoder's features depend on the seed
-        key["init_seed"] = config["trainer"]["seed"]
     loader_cfg = config["data"]["loader"]
-    cache = FeatureCache(root, key, loader_cfg["image_size"], loader_cfg["num_workers"])
+    cache = FeatureCache(
+        root, feature_key(config, encoder), loader_cfg["image_size"], loader_cfg["num_workers"]
+    )
+    prefix = encoder.frozen_prefix()
     batch_size = config["trainer"]["encode_batch_size"]
     # Encoding (first use only) draws DataLoader seeds from the global RNG: fork it, so a run that
     # builds the cache trains exactly like one that reads it (exact resume depends on this).
     with torch.random.fork_rng(devices=[]):
         if dist_info.is_main:  # one rank encodes, the others wait and read
-            cache.ensure(encoder, splits, batch_size, device)
+            cache.ensure(prefix, splits, batch_size, device)
         if dist_info.enabled:
             torch.distributed.barrier()
-        return cache.ensure(encoder, splits, batch_size, device)
+        return cache.ensure(prefix, splits, batch_size, device)
 
 
 @dataclass
@@ -136,7 +158,8 @@ def build_data(
     device: torch.device,
     dist_info: DistInfo,
 ) -> Data:
-    """Loaders for train and every eval split (sharded under DDP); frozen encoders train on an fp16 feature cache."""
+    """Loaders for train and every eval split (sharded under DDP); an encoder with a frozen prefix trains on
+    an fp16 cache of it (``uses_feature_cache``)."""
     config = OmegaConf.to_container(cfg, resolve=True)
     loader_cfg = config["data"]["loader"]
     cached = uses_feature_cache(config)
@@ -148,8 +171,11 @@ def build_data(
     if cached:  # cached features are of un-augmented images
         augment = NO_AUGMENT
         if dist_info.is_main:
+            tail = model.encoder.tail_start
             log_line(
-                "training on cached frozen-encoder features: image augmentation is off (trainer.cache_features=false to augment)"
+                "training on cached frozen-encoder features"
+                + (f" (the frozen prefix's, before {tail}, which trains)" if tail else "")
+                + ": image augmentation is off (trainer.cache_features=false to augment)"
             )
     train, evals = build_loaders(
         root,

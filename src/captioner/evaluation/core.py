@@ -66,10 +66,9 @@ def evaluate_split(
     grid = (0, 0)
     for batch in progress_bar(loader, desc=desc or "", disable=desc is None or not dist_info.is_main):
         with autocast or nullcontext():
-            if "features" in batch:  # cached (B, h, w, D) encoder maps
+            if "features" in batch:  # cached (B, h, w, C) maps of the encoder's frozen prefix
                 fmap = batch["features"].to(device, non_blocking=True).float()
-                grid = (fmap.shape[1], fmap.shape[2])
-                annotations = fmap.reshape(fmap.shape[0], -1, fmap.shape[-1])
+                annotations, grid = model.annotate(fmap, features=True)  # the trainable tail, if any
             else:
                 annotations, grid = model.encode(batch["images"].to(device, non_blocking=True))
             hyp = decode(model.decoder, annotations.float(), **kwargs, fitted_temperature=temperature)

@@ -24,16 +24,29 @@ class Captioner(nn.Module):
 
     def encode(self, images: Tensor) -> tuple[Tensor, tuple[int, int]]:
         """Images (B,3,H,W) -> annotations (B,L=h*w,D) and the grid (h, w) to unflatten alphas."""
-        require(self.encoder is not None, "Captioner has no encoder; pass cached features (B,h,w,D) instead")
-        fmap = self.encoder(images)
+        return self.annotate(images, features=False)
+
+    def annotate(self, inputs: Tensor, features: bool) -> tuple[Tensor, tuple[int, int]]:
+        """Annotations (B,L=h*w,D) and their grid (h, w) from images or from cached feature maps.
+
+        Images (B,3,H,W) run the whole encoder; cached maps (B,h,w,C) of its frozen prefix run only its
+        trainable tail (``Encoder.apply_tail``: nothing for a frozen encoder, whose maps are the annotations).
+        """
+        if features:
+            fmap = inputs if self.encoder is None else self.encoder.apply_tail(inputs)
+        else:
+            require(
+                self.encoder is not None, "Captioner has no encoder; pass cached features (B,h,w,D) instead"
+            )
+            fmap = self.encoder(inputs)
         b, h, w, d = fmap.shape
         return fmap.reshape(b, h * w, d), (h, w)
 
     def is_features(self, x: Tensor) -> bool:
-        """Whether a 4-dim input is a cached feature map (B,h,w,D) rather than images (B,3,H,W)."""
+        """Whether a 4-dim input is a cached feature map (B,h,w,C) rather than images (B,3,H,W)."""
         if self.encoder is None:
             return True
-        d = self.decoder.encoder_dim
+        d = self.encoder.prefix_dim
         looks_images, looks_features = x.shape[1] == 3, x.shape[-1] == d
         if looks_images != looks_features:
             return looks_features
@@ -50,20 +63,18 @@ class Captioner(nn.Module):
         features: bool | None = None,
         image_index: Tensor | None = None,
     ) -> DecoderOutput:
-        """Teacher-forced pass from images (B,3,H,W) or cached features (B,h,w,D).
+        """Teacher-forced pass from images (B,3,H,W) or cached features (B,h,w,C) of the encoder's prefix.
 
-        ``features=None`` infers the kind from the shape (channels-first with 3 channels = images,
-        last dim == decoder.encoder_dim = features) and raises if both readings fit; pass it explicitly
-        to skip the guess. ``image_index`` (N,) gives each of N captions its row of ``inputs`` (batches
-        of whole images: each image is encoded once for all its captions); None = one row per caption.
+        ``features=None`` infers the kind from the shape (channels-first with 3 channels = images, last
+        dim == the prefix's channels ``encoder.prefix_dim`` = features) and raises if both readings fit;
+        pass it explicitly to skip the guess. ``image_index`` (N,) gives each of N captions its row of
+        ``inputs`` (batches of whole images: each image is encoded once for all its captions); None = one
+        row per caption.
         """
         require(inputs.dim() == 4, f"Captioner input must be 4-dim, got shape {tuple(inputs.shape)}")
         if features is None:
             features = self.is_features(inputs)
-        if features:
-            annotations = inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])
-        else:
-            annotations, _ = self.encode(inputs)
+        annotations, _ = self.annotate(inputs, features)
         if image_index is not None:
             annotations = annotations.index_select(0, image_index)
         return self.decoder(annotations, captions, teacher_forcing)

@@ -24,29 +24,26 @@ def check_distributed(cfg: DictConfig, distributed: bool) -> None:
         )
 
 
-def needs_unused_parameter_search(model: torch.nn.Module, cached: bool) -> bool:
+def needs_unused_parameter_search(model: torch.nn.Module) -> bool:
     """Whether some trainable parameter of ``model`` (a Captioner) gets no gradient from a training step.
 
     DDP's ``find_unused_parameters=True`` walks the autograd graph after every forward to find such
     parameters (without it, DDP waits for their gradients forever); torchvision's reference leaves it
     off, so do we, except where a config really leaves parameters out:
 
-    - ``decoder.context=mean|blind``: the controls keep the attention module but never call it;
-    - cached features (frozen encoder): the encoder never runs, yet its ``encoder_dim`` 1x1 conv is
-      trainable. (Its frozen backbone has ``requires_grad`` off, which DDP ignores.)
+    - ``decoder.context=mean|blind``: the controls keep the attention module but never call it.
 
-    Everything else reaches the loss: hard attention's sampled steps train the attention through
+    Everything else reaches the loss: on cached features the encoder's trainable tail (fine-tuned
+    blocks, the ``encoder_dim`` 1x1 conv) runs on the cached maps, and its frozen prefix has
+    ``requires_grad`` off, which DDP ignores; hard attention's sampled steps train the attention through
     the REINFORCE and entropy terms, blind's h0/c0 MLPs and L_z see zeros but stay in the graph.
     ``tests/test_ddp.py`` checks this answer against a real backward pass for each control.
     """
-    if model.decoder.context != "soft":
-        return True
-    encoder = model.encoder
-    return cached and encoder is not None and any(p.requires_grad for p in encoder.parameters())
+    return model.decoder.context != "soft"
 
 
 def wrap_model(
-    model: torch.nn.Module, device: torch.device, dist_info: DistInfo, cached: bool, compile: bool
+    model: torch.nn.Module, device: torch.device, dist_info: DistInfo, compile: bool
 ) -> torch.nn.Module:
     """``model`` wrapped for training steps: DDP when distributed, compiled when ``compile``."""
     train_model = model
@@ -54,7 +51,7 @@ def wrap_model(
         train_model = torch.nn.parallel.DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=needs_unused_parameter_search(model, cached),
+            find_unused_parameters=needs_unused_parameter_search(model),
         )
     if compile:
         train_model = torch.compile(train_model)

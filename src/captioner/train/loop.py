@@ -103,7 +103,7 @@ def train(
         # nanoGPT's seed offset: each rank draws its own dropout masks and scheduled-sampling coins.
         # Rank 0 keeps its stream (no re-seed), so a single-process run is unchanged.
         seed_everything(rank_seed(t.seed, dist_info.rank, dist_info.world_size, progress.step))
-    train_model = wrap_model(model, device, dist_info, data.cached, t.compile)
+    train_model = wrap_model(model, device, dist_info, t.compile)
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     tracker = build_tracker(

@@ -104,10 +104,7 @@ class SelfCritical:
 
         del model, eps  # SCST samples from the unwrapped model and never teacher-forces
         model = self.model
-        if features:
-            annotations = inputs.reshape(inputs.shape[0], -1, inputs.shape[-1])
-        else:
-            annotations, _ = model.encode(inputs)
+        annotations, _ = model.annotate(inputs, features)
         k, ids = self.cfg.samples, list(batch["image_ids"])
         rollout = sample_with_grad(model.decoder, annotations, k, self.cfg.max_len)
         sample_ids = [i for i in ids for _ in range(k)]
