@@ -50,7 +50,7 @@ ALSO = ("val.cider_d", "test.object_f1")
 
 
 def collect(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
-    """The latest finished child run per (version, seed): metrics at its best validation, test, time."""
+    """The latest study's finished child run per (version, seed): metrics at its best validation, test, time."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=tracking_uri)
@@ -60,11 +60,14 @@ def collect(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
     found = client.search_runs(
         [exp.experiment_id], "attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"]
     )
+    # A sweep rerun after a config change is a new Optuna study in the same experiment: report the
+    # latest study's trials only, never a mix of two configs.
+    study = next((r.data.tags.get("sweep.study") for r in found if r.data.tags.get("seed_version")), None)
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     for run in found:
         version = run.data.tags.get("seed_version")
-        if not version:
-            continue  # the study's parent run
+        if not version or run.data.tags.get("sweep.study") != study:
+            continue  # the study's parent run, a version summary, or an earlier study's trial
         seed = int(run.data.params.get("trainer.seed", 0))
         if (version, seed) in runs:
             continue  # an older run of the same point

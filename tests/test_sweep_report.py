@@ -60,6 +60,7 @@ def _sweep(client, experiment: str, bleu: dict, f1: dict) -> str:
 
 @pytest.mark.slow  # a fresh MLflow SQLite store: ~10-30 s of schema migrations
 def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -111,6 +112,16 @@ def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
     assert {"cider_d_val_mean", "object_f1_test_mean", "time_train_s_mean"} <= set(summary.metrics)
     assert summary.params["seed_flags"] == "--v17"
     assert len(report.collect(uri, "sweep-optim_dropout-cpu")) == 9  # summaries are not trials
+    # A rerun after a config change is a new study in the same experiment: only its trials count.
+    exp_id = client.get_run(parent).info.experiment_id
+    tags = {"seed_version": "v15", "seed_flags": "--v15", "sweep.study": "study-2"}
+    rerun = client.create_run(exp_id, run_name="v15-s0", tags=tags).info.run_id
+    client.log_param(rerun, "trainer.seed", 0)
+    client.log_batch(rerun, metrics=[Metric("val.bleu4", 40.0, 0, 10)])
+    client.set_terminated(rerun)
+    assert [
+        (r["version"], r["metrics"]["val.bleu4"]) for r in report.collect(uri, "sweep-optim_dropout-cpu")
+    ] == [("v15", 40.0)]
     url = report.compare_url(uri, parent)
     assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=") and summary_id(children, "v15") in url
 

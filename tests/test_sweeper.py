@@ -412,3 +412,36 @@ def test_null_n_trials_runs_the_whole_grid_and_needs_a_grid(tmp_path: Path) -> N
     bad = run_sweep(tmp_path / "tpe", "hydra.sweeper.n_trials=null")
     assert bad.returncode != 0
     assert "hydra.sweeper.n_trials: null (the whole grid) needs sampler=grid; set a number" in bad.stderr
+
+
+def test_study_name_follows_the_command_and_the_composed_config() -> None:
+    """Rerunning a command resumes its study; after a config file changed (a scale's epochs), the same
+    command starts a new study instead of reporting the old one's finished trials."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.captioner_optuna_sweeper._impl import OptunaSweeperImpl
+
+    sweeper = OptunaSweeperImpl(
+        sampler={"_target_": "optuna.samplers.GridSampler", "search_space": {}},
+        direction="maximize",
+        study_name=None,
+        storage=None,
+        n_trials=None,
+        n_jobs=1,
+        params=OmegaConf.create({"trainer.seed": "range(0,3)"}),
+        custom_search_space=None,
+        pruner=None,
+        heartbeat_interval=None,
+        resume_override=None,
+    )
+
+    def name(epochs: int, arguments: list[str]) -> str:
+        sweeper.config = OmegaConf.create(
+            {"trainer": {"epochs": epochs}, "hydra": {"job": {"name": "train"}}}
+        )
+        return sweeper._study(arguments, {}).study_name
+
+    first = name(4, ["sweep=g", "scale=cpu"])
+    assert first.startswith("train-") and name(4, ["sweep=g", "scale=cpu"]) == first
+    assert name(5, ["sweep=g", "scale=cpu"]) != first  # the scale file now says 5 epochs
+    assert name(4, ["sweep=g", "scale=smoke"]) != first

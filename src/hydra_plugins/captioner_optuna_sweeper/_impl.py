@@ -166,8 +166,10 @@ class OptunaSweeperImpl:
         """Create or load (resume) the study."""
         name = self.study_name
         if name is None:
-            # Same command -> same study (resume); another search space -> a new study.
-            digest = hashlib.sha1(json.dumps(sorted(self._overrides(arguments))).encode()).hexdigest()[:8]
+            # Same command and config -> same study (resume); another search space, or a config file
+            # edited since (e.g. a scale's epochs), -> a new study, never the old one's finished trials.
+            what = {"overrides": sorted(self._overrides(arguments)), "config": self._base_config()}
+            digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:8]
             name = f"{self.config.hydra.job.name}-{digest}"
         if self.is_grid:
             # Points come from Grid.claim as fixed params; the sampler is never consulted for them.
@@ -190,6 +192,12 @@ class OptunaSweeperImpl:
             return create()
         # A worker started at the same moment may win the insert: the loser loads it on the next try.
         return retry(create, self.storage_url, f"creating study {name}")
+
+    def _base_config(self) -> dict:
+        """The composed job config the trials start from (no ``hydra`` node, interpolations unresolved)."""
+        base = OmegaConf.to_container(self.config, resolve=False)
+        base.pop("hydra", None)
+        return base
 
     def _overrides(self, arguments: list[str]) -> list[str]:
         """`hydra.sweeper.params` then the command line's task overrides (which win)."""
