@@ -94,6 +94,9 @@ def collect(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
             "parent_run_id": run.data.tags.get("mlflow.parentRunId"),
             "flags": run.data.tags.get("seed_flags", ""),
             "seed_bleu4": run.data.tags.get("seed_bleu4", "n/a"),
+            "study": run.data.tags.get("sweep.study"),
+            "commit": run.data.tags.get("mlflow.source.git.commit"),
+            "dirty": run.data.tags.get("git.dirty") == "true",
             # "3 of 4": the best validation was the 3rd of 4 (the last one: still improving).
             "best_validation": f"{validations.index(best) + 1} of {len(validations)}",
             "start": run.info.start_time,
@@ -156,6 +159,9 @@ def summarize(
         "baseline": baseline,
         "competence": {"thresholds": thresholds, "failures": failures},
         "seeds": sorted({r["seed"] for r in runs}),
+        "study": runs[0].get("study") if runs else None,
+        "commits": sorted({r.get("commit") or "unknown" for r in runs}),
+        "dirty": any(r.get("dirty") for r in runs),
         "versions": {
             v: {
                 "flags": first[v]["flags"],
@@ -186,6 +192,9 @@ def markdown(s: dict[str, Any]) -> str:
         f"({w['first_start_to_last_end_s'] / 60:.1f} min from the first start to the last end).",
         f"Command: `python train.py -m sweep={group} scale={scale}`, then "
         f"`python sweeps/report.py --experiment sweep-{group}-{scale}`.",
+        f"Optuna study `{s.get('study')}`; runs at commit {', '.join(c[:7] for c in s.get('commits', []))}"
+        + (" (with uncommitted changes)" if s.get("dirty") else "")
+        + ".",
         "",
         f"Statistics: {s['statistics']}. Verdicts: `holds` (the CI excludes 0 on the claimed side; for "
         "'same within m': it lies inside +-m), `contradicted` (it excludes 0 on the other side; lies "
