@@ -224,3 +224,26 @@ def test_quality_train_minutes_sum_the_spooled_epoch_times_and_carried_rows_keep
     assert sources == [{"run": "mean", "measured_at": "abc123"}]
     with pytest.raises(ConfigError, match="--carry blind: not in"):
         carried_rows(old, ["blind"])
+
+
+def test_quality_errors_pairs_leftovers_into_wrong_shape_wrong_colour_left_out_and_extra():
+    from quality_errors import breakdown
+
+    def obj(color: str, shape: str) -> dict:
+        return {"shape": shape, "color": color, "size": "large", "box": [0, 0, 1, 1], "center": [0.5, 0.5]}
+
+    metas = {
+        "a": {"objects": [obj("red", "circle")]},  # right
+        "b": {"objects": [obj("red", "circle"), obj("blue", "square")]},  # square named a star
+        "c": {"objects": [obj("green", "cross"), obj("blue", "star"), obj("red", "circle")]},
+    }
+    captions = {
+        "a": "a large red circle".split(),
+        "b": "a red circle and a blue star".split(),
+        # a green cross named yellow, the blue star left out, an extra red circle
+        "c": "a yellow cross and two red circles".split(),
+    }
+    got = breakdown(captions, metas)
+    assert got["objects"] == 6
+    assert got["errors"] == {"wrong shape": 1, "wrong colour": 1, "left out": 1, "extra": 1}
+    assert got["wrong_scenes_by_objects"] == {1: "0 of 1", 2: "1 of 1", 3: "1 of 1"}
