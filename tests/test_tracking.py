@@ -152,7 +152,25 @@ def test_sync_creates_the_run_a_dead_server_never_saw_and_is_idempotent(
     tracker_.finish("FINISHED")
     start = read_spool(tmp_path / "run" / SPOOL_NAME).start
     uri = f"sqlite:///{tmp_path / 'later.db'}"
+    # A server just back from a hang failed sync's first request (a 400 from its HTTP layer): retried.
+    from captioner.tracking import __main__ as sync_module
+    from captioner.tracking.sender import Sender
+
+    calls = []
+
+    class FlakySender(Sender):  # sync's sender only (the dead tracker's thread may still be retrying)
+        def send(self, batch):
+            calls.append(batch[0]["op"])
+            if len(calls) == 2:
+                from mlflow.exceptions import MlflowException
+
+                raise MlflowException("failed with error code 400 != 200. Response body: 'Invalid HTTP'")
+            return super().send(batch)
+
+    monkeypatch.setattr(sync_module, "Sender", FlakySender)
+    monkeypatch.setattr(sync_module, "SYNC_RETRY_PAUSE_S", 0.0)
     assert sync(tmp_path / "run", uri).startswith("sent 9 records")
+    assert calls[1] == calls[2] == "metrics"  # the failed batch was sent again, nothing skipped
     assert sync(tmp_path / "run", uri).startswith("nothing to sync")
     client = MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("dead").experiment_id])

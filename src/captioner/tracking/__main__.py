@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from captioner.errors import CaptionerError, ConfigError
 from captioner.tracking.sender import Sender, first_line, is_permanent, take_batch
 from captioner.tracking.spool import SPOOL_NAME, Spool, read_spool
+
+SYNC_ATTEMPTS, SYNC_RETRY_PAUSE_S = 3, 2.0  # tries per record before "run this sync again"
 
 
 class SyncError(CaptionerError):
@@ -41,12 +44,17 @@ def sync(target: Path, tracking_uri: str | None = None) -> str:
     sender = Sender(uri, path.parent, run_id=state.run_id)
     spool = Spool(path)
     pending = state.pending
+    failures = 0
     while pending:
         batch = take_batch(pending)
         try:
             sender.send(batch)
         except Exception as err:  # noqa: BLE001 - whatever MLflow or the network raises
             if not is_permanent(err):
+                failures += 1
+                if failures < SYNC_ATTEMPTS:  # a server just back from a hang can fail the first requests
+                    time.sleep(SYNC_RETRY_PAUSE_S)
+                    continue
                 raise SyncError(
                     f"MLflow at {uri} failed ({first_line(err)}); {len(pending)} records are still in "
                     f"{path}; run this sync again when it answers"
@@ -55,6 +63,7 @@ def sync(target: Path, tracking_uri: str | None = None) -> str:
                 f"warning: MLflow refused a {batch[0]['op']} record ({first_line(err)}); skipped",
                 file=sys.stderr,
             )
+        failures = 0
         if batch[0]["op"] == "start" and sender.run_id:
             spool.note_run(sender.run_id)
         spool.ack(batch[-1]["seq"])
