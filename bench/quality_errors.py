@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from captioner.data.annotations import load_annotations
-from captioner.data.shapes import parse_caption, scene_from_meta
+from captioner.data.shapes_language import parse_caption, scene_from_meta
 
 
 def breakdown(captions: dict[str, list[str]], metas: dict[str, dict]) -> dict[str, object]:

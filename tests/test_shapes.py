@@ -19,12 +19,12 @@ from captioner.data.records import (
     VOCAB,
     read_manifest,
 )
-from captioner.data.shapes import (
+from captioner.data.shapes import generate_dataset
+from captioner.data.shapes_language import (
     COLORS,
     SHAPES,
     flip_meta,
     flip_tokens,
-    generate_dataset,
     match_objects,
     parse_caption,
     parse_relations,

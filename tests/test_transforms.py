@@ -86,7 +86,8 @@ def test_hflip_on_other_datasets_keeps_words(tmp_path):
     importlib.util.find_spec("captioner.data.shapes") is None, reason="captioner.data.shapes not written yet"
 )
 def test_shapes_dataset_flips_captions_with_real_flip_tokens(tmp_path):
-    from captioner.data.shapes import flip_tokens, generate_dataset
+    from captioner.data.shapes import generate_dataset
+    from captioner.data.shapes_language import flip_tokens
 
     generate_dataset(
         tmp_path, n_train=3, n_val=0, n_test=0, n_test_novel=0, image_size=64, captions_per_image=3

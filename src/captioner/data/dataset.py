@@ -80,10 +80,10 @@ def encode_captions(
 
 
 def default_flip_words(root: str | Path) -> FlipWords | None:
-    """``shapes.flip_tokens`` for the generated shapes set (left/right words swap), else None."""
+    """``shapes_language.flip_tokens`` for the generated shapes set (left/right words swap), else None."""
     if read_manifest(root).get("source", {}).get("format") != "shapes":
         return None
-    from captioner.data.shapes import flip_tokens  # lazily: only the shapes set needs it
+    from captioner.data.shapes_language import flip_tokens  # lazily: only the shapes set needs it
 
     return flip_tokens
 
@@ -125,7 +125,7 @@ class CaptionDataset(Dataset):
 
     ``transform`` is a :class:`~captioner.data.transforms.TrainTransform` (or any callable); when it
     has ``hflip > 0`` this dataset draws the flip, flips the image and passes the caption through
-    ``flip_words`` (default: ``shapes.flip_tokens`` on the shapes set, no word change elsewhere).
+    ``flip_words`` (default: ``shapes_language.flip_tokens`` on the shapes set, no word change elsewhere).
     With ``features`` (a :class:`~captioner.data.features.FeatureReader`) images are not read and
     no augmentation applies: the cache holds eval-transform features.
     """

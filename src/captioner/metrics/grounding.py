@@ -6,7 +6,7 @@ size the caption states (a caption may leave size out, as many references do); e
 asks for every object right, nothing extra, and no stated size wrong.
 
 Attention scores look at the "object words" of a generated caption: the colour word and shape noun
-of each phrase that matches ground-truth objects (via ``shapes.match_objects``). Each attention cell
+of each phrase that matches ground-truth objects (via ``shapes_language.match_objects``). Each attention cell
 spreads its weight uniformly over the image pixels it covers (nearest upsampling), so:
 
 * pointing: the peak cell overlaps a named object's box (on a coarse grid a cell is the finest
@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from captioner.data.shapes import match_objects, parse_caption, scene_from_meta
+from captioner.data.shapes_language import match_objects, parse_caption, scene_from_meta
 from captioner.errors import DataError
 
 Key = tuple[str | None, str]
