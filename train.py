@@ -3,10 +3,8 @@
 import hydra
 from omegaconf import DictConfig
 
-from captioner.cli import precheck, run_guarded
+from captioner.cli import check_offline_weights, precheck, run_guarded
 from captioner.config import register
-
-register()
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -35,5 +33,7 @@ def report_to_sweep(metric: float, epoch: int) -> None:
 
 
 if __name__ == "__main__":
+    check_offline_weights()  # before register() imports torch and torchvision: offline, this fails in ~1 s
+    register()
     precheck()
     main()

@@ -33,6 +33,49 @@ def check_group_choices(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> str |
     return None
 
 
+# Overrides that can change the encoder in ways this early look cannot follow: there ``check_offline_weights``
+# stays silent and the full check runs after composition (captioner.train.validate).
+_COMPOSED_ELSEWHERE = ("experiment", "sweep", "version", "scale", "trainer.resume", "trainer.init_from")
+
+
+def encoder_needing_weights(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> str | None:
+    """The encoder arch a plain ``train.py`` command loads ImageNet weights for, read from the overrides
+    and the YAMLs without composing; None when it needs none or when that cannot be told this way."""
+    import yaml
+
+    if any(arg.startswith("-") for arg in argv):  # --multirun, --cfg, --help: Hydra's business
+        return None
+    overrides = {}
+    for arg in argv:
+        key, sep, value = arg.partition("=")
+        if sep:
+            overrides[key.lstrip("+~")] = value
+    if any(k == p or k.startswith(p + ".") for k in overrides for p in _COMPOSED_ELSEWHERE):
+        return None
+    choice = overrides.get("encoder")
+    if choice is None:
+        defaults = yaml.safe_load((conf_dir / "config.yaml").read_text())["defaults"]
+        choice = next(d["encoder"] for d in defaults if isinstance(d, dict) and "encoder" in d)
+    file = conf_dir / "encoder" / f"{choice}.yaml"
+    group = (yaml.safe_load(file.read_text()) or {}) if file.exists() else {}
+    pretrained = str(overrides.get("encoder.pretrained", group.get("pretrained", True))).lower()
+    if pretrained in ("false", "0", "no", "off"):
+        return None
+    return overrides.get("encoder.arch", group.get("arch"))
+
+
+def check_offline_weights(argv: Sequence[str] | None = None) -> None:
+    """Exit with one line, before torch and torchvision are imported (~5 s on 2 cores), when the
+    command's encoder needs an ImageNet weights file that is not cached and cannot be downloaded."""
+    from captioner.runtime.hub_weights import unreachable_weights
+
+    arch = encoder_needing_weights(sys.argv[1:] if argv is None else argv)
+    message = unreachable_weights(arch) if arch else None
+    if message:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
 def run_guarded(fn: Callable[[], Any]) -> Any:
     """Run ``fn``; a CaptionerError prints one line and exits with status 2 (in a sweep it propagates,
     so the sweeper records the trial as failed and goes on)."""

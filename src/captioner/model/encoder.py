@@ -11,6 +11,7 @@ from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
 
 from captioner.errors import ConfigError, DataError, require
+from captioner.runtime.hub_weights import missing_weights_message
 
 # The torchvision zoo the seed project supports (its README list, same names as torchvision).
 ARCHS = (
@@ -83,16 +84,7 @@ def ensure_weights(arch: str) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         torch.hub.download_url_to_file(weights.url, str(folder / file), progress=False)
     except OSError as err:  # urllib.error.URLError and socket errors are OSErrors
-        shipped = (
-            "run `make weights`, or "
-            if arch == "mobilenet_v2"
-            else "use encoder=mobilenet_v2 (`make weights` installs its file offline), "
-        )
-        raise DataError(
-            f"encoder.arch={arch}: ImageNet weights file {file} is not in {folder}/ and could not be "
-            f"downloaded ({type(err).__name__}); {shipped}put the file there, or train this encoder from "
-            "scratch with encoder.pretrained=false encoder.finetune=true"
-        ) from None
+        raise DataError(missing_weights_message(arch, file, folder, type(err).__name__)) from None
 
 
 def load_classifier(arch: str, pretrained: bool) -> nn.Module:
