@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pickle
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -130,10 +132,41 @@ def test_interrupted_build_resumes_and_equals_an_uninterrupted_one(tmp_path):
     assert encoder.calls == 2  # batches 3 and 4 of 4: the first two were kept
     assert (cache.folder / "train.npy").read_bytes() == expected
     assert len(reader) == 7 and sorted(p.name for p in cache.folder.iterdir()) == [
+        ".lock",
         "meta.json",
         "train.ids.json",
         "train.npy",
     ]
+
+
+def test_parallel_builders_of_one_cache_encode_it_once(prepared):
+    """Two sweep workers whose versions share a cache key: one encodes, the other waits and reads it
+    (without the lock both wrote .train.partial.npy and one rename failed: FileNotFoundError)."""
+    root, _ = prepared
+
+    class Slow(CountingEncoder):
+        def forward(self, images):
+            time.sleep(0.2)
+            return super().forward(images)
+
+    encoders, readers, errors = [Slow(), Slow()], [None, None], []
+
+    def build(k: int) -> None:
+        try:
+            readers[k] = FeatureCache(root, KEY, image_size=16).ensure(
+                encoders[k], ["train", "val"], 2, progress=False
+            )
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(error)
+
+    threads = [threading.Thread(target=build, args=(k,)) for k in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sum(e.calls for e in encoders) == 3  # 2 train batches + 1 val batch, once in all
+    assert all(len(r) == 5 for r in readers) and torch.equal(readers[0]["val1"], readers[1]["val1"])
 
 
 def test_resume_with_another_batch_size_starts_over(tmp_path):

@@ -101,6 +101,34 @@ def test_image_batches_hold_whole_images_about_batch_size_captions_sharded_and_r
     assert list(resumed) == batches[4:]
 
 
+def test_image_batches_are_bucketed_by_each_images_longest_caption():
+    """A batch is padded to its longest caption: images bucketed by theirs pad little (shapes scenes of
+    1-4 objects: unbucketed image batches ran the decoder at half the captions/s)."""
+    from captioner.data.sampler import ImageBatchSampler
+
+    images = [k // 5 for k in range(1000)]  # 200 images x 5 captions
+    _rng.shuffle(images)
+    longest = {o: _rng.randint(5, 30) for o in range(200)}
+    lengths = [longest[o] - _rng.randint(0, 2) * (k % 2) for k, o in enumerate(images)]
+    per_image = {o: max(n for n, p in zip(lengths, images) if p == o) for o in range(200)}
+
+    def padding(sampler):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in sampler)
+
+    bucketed = ImageBatchSampler(images, 32, lengths=lengths, seed=0)
+    plain = ImageBatchSampler(images, 32, seed=0)
+    batches = list(bucketed)
+    assert sorted(i for b in batches for i in b) == list(range(1000))  # whole images, each once
+    for b in batches:
+        owners = {images[i] for i in b}
+        assert all(sum(images[i] == o for i in b) == 5 for o in owners)
+    spread = [max(per_image[images[i]] for i in b) - min(per_image[images[i]] for i in b) for b in batches]
+    assert sum(spread) / len(spread) < 3 and padding(bucketed) < padding(plain) / 3
+    assert list(ImageBatchSampler(images, 32, lengths=lengths, seed=0, bucket=False)) == list(plain)
+    with pytest.raises(ConfigError, match="999 lengths for 1000 items"):
+        ImageBatchSampler(images, 32, lengths=lengths[:-1])
+
+
 def test_once_per_image_yields_every_image_once_an_epoch_as_its_first_item_and_resumes():
     from captioner.data.sampler import OncePerImageSampler
 

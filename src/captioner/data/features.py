@@ -9,6 +9,7 @@ Layout, under the prepared folder::
     features/<key>/<split>.npy        fp16 (N, h, w, D), row i = image ids[i]
     features/<key>/<split>.ids.json   the N image ids, in row order
     features/<key>/meta.json          key fields + finished splits; written LAST, atomically
+    features/<key>/.lock              flock'd by the process computing splits (parallel workers wait)
 
 ``<key>`` hashes everything the features depend on: the encoder setting (``pipeline.feature_key``:
 the prefix's cut included), the image size, the eval transform, the prepared data's content hash and
@@ -26,6 +27,7 @@ the features every step. Under DDP call ``ensure`` on rank 0 first, then barrier
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 from collections.abc import Sequence
@@ -49,6 +51,7 @@ from captioner.progress import log_line
 from captioner.progress import progress as progress_bar
 
 META = "meta.json"
+LOCK = ".lock"  # held (flock) while splits are computed
 
 
 class FeatureReader:
@@ -141,15 +144,21 @@ class FeatureCache:
                 "(Encoder.frozen_prefix()), or set trainer.cache_features=false"
             )
         splits = [split] if isinstance(split, str) else list(split)
-        missing = [s for s in splits if s not in self.done_splits()]
-        if missing:
-            was_training = encoder.training
-            encoder.eval()
-            try:
-                for s in missing:
-                    self._compute(encoder, s, batch_size, torch.device(device), progress)
-            finally:
-                encoder.train(was_training)
+        if any(s not in self.done_splits() for s in splits):
+            # One builder at a time: parallel sweep workers whose versions share a prefix would
+            # otherwise write the same partial file and rename it from under each other. A waiting
+            # process finds the splits done when it gets the lock.
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(self.folder / LOCK, "w") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                missing = [s for s in splits if s not in self.done_splits()]
+                was_training = encoder.training
+                encoder.eval()
+                try:
+                    for s in missing:
+                        self._compute(encoder, s, batch_size, torch.device(device), progress)
+                finally:
+                    encoder.train(was_training)
         return FeatureReader(self.folder, self.done_splits())
 
     def _compute(

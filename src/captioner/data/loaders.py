@@ -93,7 +93,9 @@ def build_loaders(
     )
     shards = dict(shuffle=True, seed=seed, num_replicas=num_replicas, rank=rank, drop_last=drop_last)
     if group_by_image:
-        sampler = ImageBatchSampler(train.pairs[:, 0], batch_size, **shards)
+        sampler = ImageBatchSampler(
+            train.pairs[:, 0], batch_size, lengths=train.lengths, bucket=bucket, **shards
+        )
     elif once_per_image:
         sampler = OncePerImageSampler(train.pairs[:, 0], batch_size, **shards)
     else:
