@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Sampler
 
@@ -156,8 +157,8 @@ class ImageBatchSampler(BucketBatchSampler):
             image_lengths = [1] * n_images
         else:
             require(len(lengths) == len(images), f"{len(lengths)} lengths for {len(images)} items")
-            by_item = torch.as_tensor(lengths, dtype=torch.long)[torch.as_tensor(self._order)]
-            image_lengths = [int(by_item[a:b].max()) for a, b in zip(self._starts[:-1], self._starts[1:])]
+            by_item = np.asarray(lengths, dtype=np.int64)[self._order]  # grouped by image
+            image_lengths = np.maximum.reduceat(by_item, self._starts[:-1]).tolist()
         per_batch = max(1, round(batch_size * n_images / len(images)))
         super().__init__(image_lengths, per_batch, **kwargs)
 
