@@ -421,17 +421,98 @@ def _summary_runs(client: Any, parent: str) -> tuple[str, dict[str, str]]:
     return exp_id, {r.data.tags[SUMMARY_TAG]: r.info.run_id for r in found}
 
 
+VERDICT_KINDS = ("holds", "contradicted", "not distinguishable", "not tested", "no verdict")
+
+
+def _verdict_counts(claims: list[dict[str, Any]]) -> str:
+    counts = defaultdict(int)
+    for c in claims:
+        counts[next((k for k in VERDICT_KINDS if c["verdict"].startswith(k)), c["verdict"])] += 1
+    return ", ".join(f"{counts[k]} {k}" for k in VERDICT_KINDS if counts[k])
+
+
+def _still_improving(runs: list[dict[str, Any]], version: str) -> str:
+    """'1 of 3': how many of the version's runs had their best validation at the last epoch."""
+    mine = [r["best_validation"].split(" of ") for r in runs if r["version"] == version]
+    last = sum(1 for best in mine if len(best) == 2 and best[0] == best[1])
+    return f"{last} of {len(mine)}"
+
+
+def overview(scale: str, results: Path = Path("sweeps/results"), claims_file: Path = CLAIMS) -> str:
+    """One Markdown table over every group's report at ``scale``, against the scale's targets in claims.yaml."""
+    data = OmegaConf.to_container(OmegaConf.load(claims_file))
+    targets = data.get("targets", {}).get(scale, {})
+    f1_target, wall_target = targets.get("baseline_test_object_f1"), targets.get("wall_min")
+    lines = [
+        f"# Seed ablations at scale `{scale}`: every group against the scale's targets",
+        "",
+        f"Written by `python sweeps/report.py --overview {scale}` from `sweeps/results/<group>_{scale}.json`. "
+        + (
+            f"Targets (sweeps/claims.yaml): the baseline's mean test object F1 >= {f1_target:g}; "
+            f"the group's wall time (first run's start to last run's end) <= {wall_target:g} min."
+            if targets
+            else "This scale has no targets in sweeps/claims.yaml."
+        ),
+        "",
+        "| group | runs | commit | wall time (min) | baseline | baseline test object F1 [95% CI] | "
+        "baseline runs best at the last epoch | verdicts |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for group, spec in data["groups"].items():
+        path = results / f"{group}_{scale}.json"
+        if not path.exists():
+            lines.append(f"| {group} | no report | | | {spec['baseline']} | | | |")
+            continue
+        s = json.loads(path.read_text())
+        wall = s["wall_time"]["first_start_to_last_end_s"] / 60
+        wall_cell = _fmt(wall, 1) + (f" (over {wall_target:g})" if wall_target and wall > wall_target else "")
+        f1 = s["versions"].get(s["baseline"], {}).get("metrics", {}).get("test.object_f1")
+        f1_cell = _ci(Interval(**_interval_args(f1)), 3) if f1 else "–"
+        if f1 and f1_target and f1["mean"] < f1_target:
+            f1_cell += f" (under {f1_target:g})"
+        commits = ", ".join(c[:7] for c in s.get("commits", [])) or "not recorded"
+        commits += " + changes" if s.get("dirty") else ""
+        lines.append(
+            f"| {group} | {s['wall_time']['n_runs']} ({len(s['versions'])} x {len(s['seeds'])} seeds) | "
+            f"{commits} | {wall_cell} | {s['baseline']} | {f1_cell} | "
+            f"{_still_improving(s['runs'], s['baseline'])} | {_verdict_counts(s['claims'])} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     """CLI: one report per sweep experiment."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument(
-        "--experiment", required=True, help="MLflow experiment of the sweep, e.g. sweep-teacher_forcing-cpu"
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--experiment", help="MLflow experiment of the sweep, e.g. sweep-teacher_forcing-cpu")
+    what.add_argument(
+        "--rejudge",
+        metavar="JSON",
+        help="instead: judge a committed report's per-seed runs (sweeps/results/<group>_<scale>.json) "
+        "again against sweeps/claims.yaml as it is now, and rewrite its .md/.json/.png (no MLflow needed)",
+    )
+    what.add_argument(
+        "--overview",
+        metavar="SCALE",
+        help="instead: one table over sweeps/results/<group>_<SCALE>.json against the scale's targets, "
+        "written to sweeps/results/overview_<SCALE>.md",
     )
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     p.add_argument(
         "--out", default=None, help="output path without suffix (default sweeps/results/<group>_<scale>)"
     )
     args = p.parse_args()
+    if args.rejudge:
+        old = json.loads(Path(args.rejudge).read_text())
+        s = summarize(old["group"], old["scale"], old["runs"])
+        print(markdown(s) + f"wrote {', '.join(map(str, write(s, Path(args.rejudge).with_suffix(''))))}")
+        return
+    if args.overview:
+        text = overview(args.overview)
+        out = Path(f"sweeps/results/overview_{args.overview}.md")
+        out.write_text(text)
+        print(text + f"wrote {out}")
+        return
     parts = args.experiment.split("-", 2)
     if len(parts) != 3 or parts[0] != "sweep":
         raise SystemExit(

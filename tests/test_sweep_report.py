@@ -164,3 +164,44 @@ def test_report_refuses_verdicts_below_competence(tmp_path: Path) -> None:
 def summary_id(runs: list, version: str) -> str:
     """The run id of ``version``'s summary run among ``runs``."""
     return next(r.info.run_id for r in runs if r.data.tags[report.SUMMARY_TAG] == version)
+
+
+def test_overview_flags_each_group_that_misses_the_scales_targets(tmp_path: Path) -> None:
+    """--overview: one row per group of claims.yaml; a baseline under the F1 target and a group over
+    the wall-time budget are named, runs still improving at their last epoch are counted."""
+    f1 = {
+        "x_base": [0.79, 0.80],
+        "x_lstm2": [0.85, 0.86],
+        "x_att_gamma2": [0.81, 0.83],
+        "x_no_bucket": [0.8, 0.8],
+    }
+    runs = [
+        {
+            "version": v,
+            "seed": seed,
+            "run_id": f"{v}{seed}" * 4,
+            "parent_run_id": None,
+            "flags": "",
+            "seed_bleu4": "n/a",
+            "best_validation": "5 of 5" if v == "x_base" else "3 of 5",
+            "start": 0,
+            "end": 46 * 60 * 1000,  # every run spans 46 min: the group is over cpu's 45
+            "commit": "abcdef0123",
+            "metrics": {
+                "val.bleu4": 60.0 + seed,
+                "test.object_f1": f1[v][seed],
+                "time.train_s": 100.0 + seed,
+            },
+        }
+        for v in f1
+        for seed in range(2)
+    ]
+    report.write(report.summarize("extra_claims", "cpu", runs), tmp_path / "extra_claims_cpu")
+    table = report.overview("cpu", tmp_path)
+    row = next(line for line in table.splitlines() if line.startswith("| extra_claims "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:5] == ["8 (4 x 2 seeds)", "abcdef0", "46.0 (over 45)", "x_base"]
+    assert cells[5].startswith("0.795 [") and cells[5].endswith("(under 0.8)")
+    assert cells[6] == "2 of 2"  # both x_base runs were best at their last epoch
+    assert "| optim_dropout | no report |" in table
+    assert "0.8; the group's wall time" in table and "<= 45 min" in table
