@@ -42,5 +42,6 @@ sweep: install weights  ## one seed ablation group (versions x seeds) and its re
 	$(PY) train.py -m sweep=$(GROUP) scale=$(SCALE)
 	$(PY) sweeps/report.py --experiment sweep-$(GROUP)-$(SCALE)
 
-report:  ## mean/CI per version + claim verdicts per sweep experiment in the local MLflow store (sweeps/results/)
+report:  ## mean/CI per version + claim verdicts per sweep experiment in the local MLflow store (sweeps/results/), then the SCALE's overview
 	for e in $$($(PY) -c "from mlflow.tracking import MlflowClient as C; print(' '.join(x.name for x in C('sqlite:///mlflow.db').search_experiments() if x.name.startswith('sweep-')))"); do $(PY) sweeps/report.py --experiment $$e; done
+	$(PY) sweeps/report.py --overview $(SCALE)
