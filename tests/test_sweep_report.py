@@ -126,27 +126,37 @@ def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
     assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=") and summary_id(children, "v15") in url
 
 
+def run_record(version: str, seed: int, metrics: dict, **fields: object) -> dict:
+    """One finished run as ``report.collect`` returns it (``fields`` override the defaults)."""
+    return {
+        "version": version,
+        "seed": seed,
+        "run_id": f"{version}{seed}" * 4,
+        "parent_run_id": None,
+        "flags": "",
+        "seed_bleu4": "n/a",
+        "best_validation": "1 of 1",
+        "start": 0,
+        "end": 1000,
+        "metrics": metrics,
+        **fields,
+    }
+
+
 def test_report_refuses_verdicts_below_competence(tmp_path: Path) -> None:
     smoke = {v: [7.2e-8, 8.0e-8] for v in ("x_base", "x_lstm2", "x_att_gamma2", "x_no_bucket")}
     zero = {v: [0.0, 0.0] for v in smoke}
     runs = [
-        {
-            "version": v,
-            "seed": seed,
-            "run_id": f"{v}{seed}" * 4,
-            "parent_run_id": None,
-            "flags": "",
-            "seed_bleu4": "n/a",
-            "best_validation": "1 of 1",
-            "start": 0,
-            "end": 1000,
-            "metrics": {
+        run_record(
+            v,
+            seed,
+            {
                 "val.bleu4": smoke[v][seed],
                 "test.object_f1": zero[v][seed],
                 # the bucket sampler's runs are faster by 2 s on each seed
                 "time.train_s": (10.0 if v == "x_base" else 12.0) + seed,
             },
-        }
+        )
         for v in smoke
         for seed in range(2)
     ]
@@ -176,23 +186,14 @@ def test_overview_flags_each_group_that_misses_the_scales_targets(tmp_path: Path
         "x_no_bucket": [0.8, 0.8],
     }
     runs = [
-        {
-            "version": v,
-            "seed": seed,
-            "run_id": f"{v}{seed}" * 4,
-            "parent_run_id": None,
-            "flags": "",
-            "seed_bleu4": "n/a",
-            "best_validation": "5 of 5" if v == "x_base" else "3 of 5",
-            "start": 0,
-            "end": 46 * 60 * 1000,  # every run spans 46 min: the group is over cpu's 45
-            "commit": "abcdef0123",
-            "metrics": {
-                "val.bleu4": 60.0 + seed,
-                "test.object_f1": f1[v][seed],
-                "time.train_s": 100.0 + seed,
-            },
-        }
+        run_record(
+            v,
+            seed,
+            {"val.bleu4": 60.0 + seed, "test.object_f1": f1[v][seed], "time.train_s": 100.0 + seed},
+            best_validation="5 of 5" if v == "x_base" else "3 of 5",
+            end=46 * 60 * 1000,  # every run spans 46 min: the group is over cpu's 45
+            commit="abcdef0123",
+        )
         for v in f1
         for seed in range(2)
     ]
