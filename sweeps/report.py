@@ -1,6 +1,8 @@
 """Report a seed-ablation sweep over seeds: per-version means and CIs, a verdict per seed claim.
 
     python sweeps/report.py --experiment sweep-teacher_forcing-cpu [--tracking-uri sqlite:///mlflow.db]
+    python sweeps/report.py --rejudge sweeps/results/teacher_forcing_cpu.json   # claims.yaml again, no MLflow
+    python sweeps/report.py --overview cpu        # every group against the scale's targets
 
 Reads the finished child runs of the sweep's MLflow experiment (the latest one per version and
 ``trainer.seed``), takes each run's best validation (val BLEU-4 and that validation's CIDEr-D and
@@ -503,8 +505,15 @@ def main() -> None:
     )
     args = p.parse_args()
     if args.rejudge:
-        old = json.loads(Path(args.rejudge).read_text())
-        s = summarize(old["group"], old["scale"], old["runs"])
+        try:
+            old = json.loads(Path(args.rejudge).read_text())
+            group, scale, runs = old["group"], old["scale"], old["runs"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise SystemExit(
+                f"error: --rejudge {args.rejudge!r} is not a report JSON written by this script ({err!r}); "
+                "pass sweeps/results/<group>_<scale>.json"
+            ) from None
+        s = summarize(group, scale, runs)
         print(markdown(s) + f"wrote {', '.join(map(str, write(s, Path(args.rejudge).with_suffix(''))))}")
         return
     if args.overview:

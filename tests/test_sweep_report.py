@@ -206,3 +206,21 @@ def test_overview_flags_each_group_that_misses_the_scales_targets(tmp_path: Path
     assert cells[6] == "2 of 2"  # both x_base runs were best at their last epoch
     assert "| optim_dropout | no report |" in table
     assert "0.8; the group's wall time" in table and "<= 45 min" in table
+
+
+def test_rejudge_rewrites_a_committed_report_unchanged_and_refuses_other_files(tmp_path: Path) -> None:
+    """--rejudge on an unchanged claims.yaml gives the committed JSON back; a wrong path is one line."""
+    import shutil
+    import subprocess
+    import sys
+
+    committed = REPO / "sweeps" / "results" / "tf_scheduler_cpu.json"
+    copy = tmp_path / committed.name
+    shutil.copy(committed, copy)
+    script = str(REPO / "sweeps" / "report.py")
+    subprocess.run([sys.executable, script, "--rejudge", str(copy)], check=True, capture_output=True)
+    assert json.loads(copy.read_text()) == json.loads(committed.read_text())
+    bad = subprocess.run(
+        [sys.executable, script, "--rejudge", str(tmp_path / "nope.json")], capture_output=True, text=True
+    )
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "not a report JSON" in bad.stderr
