@@ -14,7 +14,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 from captioner.cli import precheck, run_guarded
-from captioner.config import LoggerConfig, register
+from captioner.config import TEST_METRICS, LoggerConfig, register
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions: a config error should fail fast
     import torch
@@ -32,7 +32,7 @@ class EvaluateConfig:
     out: str | None = None
     device: str = "auto"
     batch_size: int | None = None
-    metrics: list[str] = field(default_factory=lambda: ["bleu", "meteor", "rouge_l", "cider_d"])
+    metrics: list[str] = field(default_factory=lambda: list(TEST_METRICS))
     calibrate: bool = False
     calibrate_max_tokens: int = 20000
     decode: Any = MISSING

@@ -129,6 +129,14 @@ def test_run_writes_checkpoints_config_and_metrics(trained_run: Path) -> None:
     assert config["trainer"]["epochs"] == 2 and config["encoder"]["arch"] == "shufflenet_v2_x0_5"
 
 
+def test_test_metrics_choose_the_final_evaluations_text_metrics(shapes_data: Path, tmp_path: Path) -> None:
+    # The seed sweeps at scale=cpu leave METEOR (a Java process a split) out of the final evaluation.
+    proc = run_train(shapes_data, tmp_path / "run", "trainer.epochs=1", "trainer.test_metrics=[bleu,cider_d]")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    test = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
+    assert {"bleu4", "cider_d", "object_f1"} <= set(test) and not {"meteor", "rouge_l"} & set(test)
+
+
 def test_run_prints_generated_captions_next_to_a_reference(trained_run: Path, shapes_data: Path) -> None:
     stdout = (trained_run.parent / "stdout.txt").read_text()
     samples = [line for line in stdout.splitlines() if line.startswith("shapes_test_")]
@@ -147,6 +155,7 @@ def test_run_prints_generated_captions_next_to_a_reference(trained_run: Path, sh
         ("scheduler=nope", ["scheduler=nope", "cosine", "onecycle"]),
         ("tf=linear tf.floor=1.5", ["floor", "1.5"]),
         ("trainer.early_stop.metric=blue4", ["trainer.early_stop.metric='blue4'", "bleu4", "object_f1"]),
+        ("trainer.test_metrics=[bleu,meteorr]", ["trainer.test_metrics", "meteorr", "spice"]),
     ],
 )
 def test_bad_config_value_is_one_line_error(override: str, fragments: list[str], tmp_path: Path) -> None:

@@ -15,6 +15,10 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+# Text metrics of a final test evaluation (train.py) and of evaluate.py unless told otherwise. METEOR and
+# SPICE run Java: the seed sweeps at scale=cpu leave METEOR out (~20 s a run, see sweeps/scale/cpu.yaml).
+TEST_METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
+
 
 @dataclass
 class EarlyStopConfig:
@@ -50,6 +54,8 @@ class TrainerConfig:
     init_from: str | None = None
     log_every: int = 20  # optimiser steps between MLflow step metrics
     figures: int = 4  # test images with attention figures written at the end
+    # text metrics of that final test evaluation: bleu, meteor, rouge_l, cider_d, spice
+    test_metrics: list[str] = field(default_factory=lambda: list(TEST_METRICS))
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from captioner.config import TEST_METRICS
 from captioner.data.records import ImageRecord
 from captioner.data.vocab import Vocab
 from captioner.progress import progress as progress_bar
@@ -21,7 +22,7 @@ from captioner.runtime.distributed import SINGLE, DistInfo, gather_to_main
 
 # Validation runs every epoch: METEOR (a Java process) is kept for the final test evaluation.
 VALIDATION_METRICS = ("bleu", "rouge_l", "cider_d")
-TEST_METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
+__all__ = ["TEST_METRICS", "VALIDATION_METRICS", "SplitResult", "evaluate_split"]
 
 
 @dataclass

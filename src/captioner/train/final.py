@@ -12,7 +12,7 @@ from omegaconf import DictConfig
 from captioner.data.pipeline import Data
 from captioner.data.records import ImageRecord
 from captioner.data.vocab import Vocab
-from captioner.evaluation import TEST_METRICS, SplitResult, evaluate_split
+from captioner.evaluation import SplitResult, evaluate_split
 from captioner.evaluation.report import sample_lines
 from captioner.progress import log_line
 from captioner.runtime import checkpoint as ckpt
@@ -51,7 +51,7 @@ def final_evaluation(
                 device,
                 dist_info,
                 autocast,
-                metrics=TEST_METRICS,
+                metrics=tuple(cfg.trainer.test_metrics),
             )
     if not dist_info.is_main:
         return {}

@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 
 from captioner.decode import DecodeConfig
 from captioner.errors import ConfigError
+from captioner.metrics.text import METRICS
 from captioner.model.build import plain
 from captioner.model.captioner import Captioner
 from captioner.model.decoder import Decoder
@@ -31,6 +32,12 @@ def validate_config(cfg: DictConfig) -> None:
         if t[key] < 1:
             raise ConfigError(f"trainer.{key}={t[key]} must be >= 1")
     _check_early_stop_metric(cfg)
+    unknown = [m for m in t.test_metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(
+            f"trainer.test_metrics has unknown {unknown}; choose from {', '.join(METRICS)}, e.g. "
+            "trainer.test_metrics=[bleu,rouge_l,cider_d]"
+        )
     if not 0.0 <= cfg.smoothing.value < 1.0:
         raise ConfigError(f"smoothing.value={cfg.smoothing.value} must be in [0, 1)")
     DecodeConfig(**plain(cfg.decode))
