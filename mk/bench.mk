@@ -3,8 +3,8 @@
 PY ?= python
 BENCH_ARGS ?=
 
-.PHONY: bench bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead bench-scale
-bench: bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead bench-probe bench-quality bench-scale  ## run every benchmark
+.PHONY: bench bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead bench-scale bench-cpu-scale-cost
+bench: bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead bench-probe bench-quality bench-scale bench-cpu-scale-cost  ## run every benchmark
 
 bench-train-speed:  ## decoder train-step FLOP/s vs sgemm, captions/s vs the tutorial reference decoder
 	$(PY) bench/train_speed.py $(BENCH_ARGS)
@@ -14,6 +14,9 @@ bench-feature-cache:  ## epoch time on cached frozen-encoder features vs encodin
 
 bench-loader:  ## train-loader throughput: 224 px images + augmentation vs cached features
 	$(PY) bench/loader.py $(BENCH_ARGS)
+
+bench-cpu-scale-cost:  ## a scale=cpu sweep run's train step against the levers on its cost (map, batch, bf16, compile), METEOR's share
+	$(PY) bench/cpu_scale_cost.py $(BENCH_ARGS)
 
 bench-scale:  ## synthetic COCO at growing N: prepare, first batch, loader img/s, feature cache (time, tree RSS, growth)
 	$(PY) bench/scale.py $(BENCH_ARGS)

@@ -124,7 +124,7 @@ def test_quality_table_takes_frozen_and_finetuned_rows_from_the_sweep(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("script", ["train_speed.py", "feature_cache.py"])
+@pytest.mark.parametrize("script", ["train_speed.py", "feature_cache.py", "cpu_scale_cost.py"])
 def test_benchmark_quick_run_writes_record(tmp_path, script):
     out = tmp_path / "r.json"
     subprocess.run(

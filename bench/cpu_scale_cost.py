@@ -1,0 +1,181 @@
+"""What a scale=cpu sweep run costs, and what each lever on that cost buys (issue 12's 45-min budget).
+
+    python bench/cpu_scale_cost.py            # every lever, 1 thread (as the sweeps run), ~3 min idle
+    python bench/cpu_scale_cost.py --quick    # 2 steps of each, no compile or METEOR (plumbing check)
+
+One train step of the sweeps' model at scale=cpu (decoder `small` + attend_word + coverage over a
+cached 10x10x96 features.13 map, V=54, batch 32, smoothing 0.1, AdamW) on random annotations and
+captions of 8-20 tokens, timed against the levers that would make a group cheaper:
+
+    base         the scale as committed: 160 px -> 10x10 map, batch 32, fp32
+    map_8x8      128 px -> 8x8 map (the train-step half of the lever; quality: see the README's notes)
+    batch_16     batch 16: twice the optimiser steps per caption
+    batch_64     batch 64
+    bf16         torch.autocast(cpu, bfloat16): this Xeon has AMX-BF16
+    compiled     torch.compile of the attention module (its warm-up compile is not timed)
+
+Variants run interleaved per round and the best round is kept (the VM is shared). A second table
+times the final evaluation's text metrics on 600 generated captions (test + test_novel at scale=cpu)
+with and without METEOR, the Java metric trainer.test_metrics leaves out at this scale.
+Prints the tables, writes bench/results/cpu_scale_cost.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import random
+import time
+from collections.abc import Callable
+
+import torch
+from common import Run, best_time, print_table
+from train_speed import make_batch
+
+from captioner.config import TEST_METRICS
+from captioner.metrics.text import evaluate_captions, meteor_unavailable
+from captioner.model.decoder import Decoder
+from captioner.model.loss import caption_loss
+
+VOCAB, ENCODER_DIM = 54, 96  # the shapes vocabulary, features.13's channels
+LEVERS = {  # name: (locations, batch, precision, compiled attention)
+    "base": (100, 32, "fp32", False),
+    "map_8x8": (64, 32, "fp32", False),
+    "batch_16": (100, 16, "fp32", False),
+    "batch_64": (100, 64, "fp32", False),
+    "bf16": (100, 32, "bf16", False),
+    "compiled": (100, 32, "fp32", True),
+}
+WORDS = "a an the large small red green blue yellow orange purple square circle triangle star cross".split()
+
+
+def train_step(locations: int, batch: int, precision: str, compiled: bool, steps: int) -> Callable[[], None]:
+    """``steps`` training steps of the cpu-scale model on one fixed random batch, as a timed function."""
+    torch.manual_seed(0)
+    decoder = Decoder(
+        VOCAB, ENCODER_DIM, 128, 128, 128, dropout=0.5, attend_word=True, coverage=True
+    ).train()  # conf/decoder/small.yaml + the scale's attention options
+    if compiled:
+        decoder.attention = torch.compile(decoder.attention)
+    annotations, captions, _ = make_batch(batch, locations, ENCODER_DIM, VOCAB, 8, 20)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=1e-3)
+    autocast = (
+        (lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+        if precision == "bf16"
+        else contextlib.nullcontext
+    )
+
+    def run() -> None:
+        for _ in range(steps):
+            with autocast():
+                loss = caption_loss(decoder(annotations, captions), captions, smoothing=0.1)[0]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    return run
+
+
+def metric_seconds(n: int, metrics: tuple[str, ...]) -> float:
+    """Wall seconds to score ``n`` generated captions against 5 references each with ``metrics``."""
+    rng = random.Random(0)
+    caption = lambda: [rng.choice(WORDS) for _ in range(rng.randint(6, 18))]  # noqa: E731
+    hypotheses = [caption() for _ in range(n)]
+    references = [[caption() for _ in range(5)] for _ in range(n)]
+    start = time.perf_counter()
+    evaluate_captions(hypotheses, references, metrics)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    """Run the benchmark, print the tables, write the JSON record."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS))
+    parser.add_argument("--steps", type=int, default=8, help="train steps per timed round")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the best is kept")
+    parser.add_argument("--threads", type=int, default=1, help="1: as each of the sweep's 2 workers runs")
+    parser.add_argument("--captions", type=int, default=600, help="captions scored (test + test_novel)")
+    parser.add_argument("--quick", action="store_true", help="2 steps, 1 round, no compile or METEOR")
+    parser.add_argument(
+        "--out", default=None, help="JSON path (default bench/results/cpu_scale_cost.json; --quick: none)"
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    run = Run("cpu_scale_cost")
+    levers = [k for k in args.levers if not (args.quick and LEVERS[k][3])]
+    if args.quick:
+        args.steps, args.repeats, args.captions = 2, 1, 20
+
+    steps = {name: train_step(*LEVERS[name], steps=args.steps) for name in levers}
+    for name in levers:
+        steps[name]()  # warm-up: oneDNN primitives, the allocator, torch.compile
+    best = {name: float("inf") for name in levers}
+    for _ in range(args.repeats):
+        for name in levers:
+            best[name] = min(best[name], best_time(steps[name], repeats=1, warmup=0))
+    rows = []
+    for name in levers:
+        locations, batch, precision, compiled = LEVERS[name]
+        per_caption = best[name] / (args.steps * batch)
+        rows.append(
+            {
+                "lever": name,
+                "locations": locations,
+                "batch": batch,
+                "precision": precision,
+                "compiled_attention": compiled,
+                "ms_per_caption": round(1000 * per_caption, 3),
+                "captions_per_s": round(1 / per_caption, 1),
+                "cost_vs_base": round(per_caption / (best["base"] / (args.steps * LEVERS["base"][1])), 2)
+                if "base" in best
+                else None,
+            }
+        )
+    print_table(
+        rows,
+        [
+            ("lever", "lever"),
+            ("locations", "L"),
+            ("batch", "batch"),
+            ("precision", "precision"),
+            ("captions_per_s", "captions/s"),
+            ("cost_vs_base", "cost vs base"),
+        ],
+        title=f"train step at scale=cpu, {args.threads} thread(s), best of {args.repeats} x {args.steps} steps:",
+    )
+    metric_rows = []
+    with_meteor = TEST_METRICS  # train.py's default final evaluation
+    without = tuple(m for m in TEST_METRICS if m != "meteor")  # scale=cpu's trainer.test_metrics
+    for label, metrics in (("without METEOR", without), ("with METEOR", with_meteor)):
+        if "meteor" in metrics and args.quick:
+            continue  # a Java start-up: not a plumbing check
+        if "meteor" in metrics and meteor_unavailable():
+            print(meteor_unavailable())
+            continue
+        seconds = metric_seconds(args.captions, metrics)
+        metric_rows.append({"metrics": label, "captions": args.captions, "seconds": round(seconds, 2)})
+    print_table(
+        metric_rows,
+        [("metrics", "final evaluation's text metrics"), ("captions", "captions"), ("seconds", "wall s")],
+        title="\nscoring the final evaluation's captions:",
+    )
+    if args.quick and args.out is None:
+        return  # a plumbing check must not overwrite the measured record
+    run.write(
+        {
+            "setup": {
+                "model": "decoder small + attend_word + coverage, D=96, V=54, smoothing 0.1, AdamW",
+                "caption_tokens": [8, 20],
+                "steps_per_round": args.steps,
+                "repeats": args.repeats,
+                "threads": args.threads,
+            },
+            "rows": rows,
+            "metrics": metric_rows,
+        },
+        out=args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()
