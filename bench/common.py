@@ -13,6 +13,7 @@ finds this file without making ``bench`` a package.
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import os
@@ -122,6 +123,14 @@ class Run:
         os.replace(tmp, path)
         print(f"wrote {path}" + (f" [{key}]" if key else ""))
         return path
+
+
+def add_quick_and_out(parser: argparse.ArgumentParser, name: str, quick_help: str) -> None:
+    """The options every benchmark shares: ``--quick`` (a plumbing check) and ``--out`` (its JSON path)."""
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument(
+        "--out", default=None, help=f"JSON path (default bench/results/{name}.json; --quick: none)"
+    )
 
 
 def best_time(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, sync: bool = False) -> float:

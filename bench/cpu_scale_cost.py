@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from common import Run, best_time, print_table
+from common import Run, add_quick_and_out, best_time, print_table
 from train_speed import make_batch
 
 from captioner.config import TEST_METRICS
@@ -95,10 +95,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds; the best is kept")
     parser.add_argument("--threads", type=int, default=1, help="1: as each of the sweep's 2 workers runs")
     parser.add_argument("--captions", type=int, default=600, help="captions scored (test + test_novel)")
-    parser.add_argument("--quick", action="store_true", help="2 steps, 1 round, no compile or METEOR")
-    parser.add_argument(
-        "--out", default=None, help="JSON path (default bench/results/cpu_scale_cost.json; --quick: none)"
-    )
+    add_quick_and_out(parser, "cpu_scale_cost", "2 steps, 1 round, no compile or METEOR")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Run("cpu_scale_cost")

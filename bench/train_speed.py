@@ -27,7 +27,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from common import Run, best_time, print_table
+from common import Run, add_quick_and_out, best_time, print_table
 from reference_decoder import ReferenceDecoder
 from torch import Tensor
 from torch.utils.flop_counter import FlopCounterMode
@@ -289,10 +289,7 @@ def main() -> None:
     parser.add_argument(
         "--profile", action="store_true", help="print torch.profiler's top ops for our decoder"
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the plumbing in seconds")
-    parser.add_argument(
-        "--out", default=None, help="JSON path (default bench/results/train_speed.json; --quick: none)"
-    )
+    add_quick_and_out(parser, "train_speed", "tiny sizes: checks the plumbing in seconds")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Run("train_speed")
