@@ -135,6 +135,10 @@ def test_test_metrics_choose_the_final_evaluations_text_metrics(shapes_data: Pat
     assert proc.returncode == 0, proc.stderr[-3000:]
     test = json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]
     assert {"bleu4", "cider_d", "object_f1"} <= set(test) and not {"meteor", "rouge_l"} & set(test)
+    from captioner.config import TEST_METRICS
+    from captioner.metrics.text import DEFAULT_METRICS
+
+    assert TEST_METRICS == DEFAULT_METRICS  # the config's default is the scorers' own
 
 
 def test_run_prints_generated_captions_next_to_a_reference(trained_run: Path, shapes_data: Path) -> None:

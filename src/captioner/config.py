@@ -15,8 +15,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-# Text metrics of a final test evaluation (train.py) and of evaluate.py unless told otherwise. METEOR and
-# SPICE run Java: the seed sweeps at scale=cpu leave METEOR out (~20 s a run, see sweeps/scale/cpu.yaml).
+# Text metrics of a final test evaluation (train.py) and of evaluate.py unless told otherwise: the scorers'
+# default, captioner.metrics.text.DEFAULT_METRICS (spelled out so configs stay import-light; a test checks
+# they agree). METEOR runs Java: the seed sweeps at scale=cpu leave it out (sweeps/scale/cpu.yaml).
 TEST_METRICS = ("bleu", "meteor", "rouge_l", "cider_d")
 
 

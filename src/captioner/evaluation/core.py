@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from captioner.config import TEST_METRICS
 from captioner.data.records import ImageRecord
 from captioner.data.vocab import Vocab
+from captioner.metrics.text import DEFAULT_METRICS as TEST_METRICS
 from captioner.progress import progress as progress_bar
 from captioner.runtime.distributed import SINGLE, DistInfo, gather_to_main
 
