@@ -135,6 +135,10 @@ def test_benchmark_quick_run_writes_record(tmp_path, script):
     )
     record = json.loads(out.read_text())
     assert record["rows"] and record["git_commit"] and record["machine"]["threads"] == 1
+    if script == "cpu_scale_cost.py":  # the base, trained twice from one seed, is deterministic
+        by_lever = {r["lever"]: r for r in record["rows"]}
+        assert by_lever["base"]["weights_equal_base"] is True
+        assert by_lever["batch_16"]["weights_equal_base"] is None  # other data: not comparable
 
 
 def test_layer_probe_reads_separable_classes_and_not_noise():
