@@ -154,6 +154,10 @@ class SweepConfig:
     # sweeps/report.py turns them into confidence intervals. 3 is the fewest for a t-interval with
     # a usable width; sweeps/scale/smoke.yaml lowers it.
     seeds: int = 3
+    # The grid's first seed: it runs trainer.seed = first_seed .. seeds-1. More seeds for a committed
+    # report run only the new ones (sweep.first_seed=3 sweep.seeds=5); `sweeps/report.py --merge` adds
+    # them to the committed per-seed runs (a run depends only on its version and seed).
+    first_seed: int = 0
 
 
 @dataclass
