@@ -148,10 +148,12 @@ def summarize(
     stats = summarize_versions(values, metrics)
     baseline = baselines.get(group)
     failures = competence_failures(values, baseline, thresholds) if baseline else []
-    judged: list[Judgement] = [judge(c, values, failures, ALSO) for c in claims if c.group == group]
     first = {r["version"]: r for r in runs}
-    timed = [r for r in runs if r["start"] is not None and r["end"] is not None]
-    starts, ends = [r["start"] for r in timed], [r["end"] for r in timed]
+    seed_scores = {v: _float(r["seed_bleu4"]) for v, r in first.items()}
+    judged: list[Judgement] = [
+        judge(c, values, failures, ALSO, seed_scores) for c in claims if c.group == group
+    ]
+    parts = sittings(runs)
     return {
         "group": group,
         "scale": scale,
@@ -173,13 +175,81 @@ def summarize(
             for v in sorted(stats)
         },
         "claims": [j.as_dict() for j in judged],
+        # The group's wall time: each sitting's, added up (seeds 3-4 may run days after seeds 0-2).
         "wall_time": {
-            "runs_s": math.fsum((r["end"] - r["start"]) / 1000 for r in timed),
-            "first_start_to_last_end_s": (max(ends) - min(starts)) / 1000 if starts and ends else math.nan,
+            "runs_s": math.fsum(p["runs_s"] for p in parts),
+            "first_start_to_last_end_s": math.fsum(p["first_start_to_last_end_s"] for p in parts),
             "n_runs": len(runs),
         },
+        "sittings": parts,
         "runs": runs,
     }
+
+
+def sittings(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs grouped by Optuna study (one sweep command's sitting), in order: seeds, runs, wall time."""
+    by_study: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in runs:
+        by_study[str(r.get("study"))].append(r)
+    out = []
+    for study, mine in by_study.items():
+        timed = [r for r in mine if r["start"] is not None and r["end"] is not None]
+        starts, ends = [r["start"] for r in timed], [r["end"] for r in timed]
+        out.append(
+            {
+                "study": study,
+                "seeds": sorted({r["seed"] for r in mine}),
+                "n_runs": len(mine),
+                "commits": sorted({r.get("commit") or "unknown" for r in mine}),
+                "runs_s": math.fsum((r["end"] - r["start"]) / 1000 for r in timed),
+                "first_start_to_last_end_s": (max(ends) - min(starts)) / 1000 if timed else math.nan,
+            }
+        )
+    return sorted(out, key=lambda p: (p["seeds"], p["study"]))
+
+
+# Recorded per run and equal whenever the same version and seed run again (test.meteor left the
+# scale's evaluation at bb5eb11; time and ids are the sitting's own).
+def _numbers(run: dict[str, Any]) -> dict[str, float]:
+    return {k: v for k, v in run["metrics"].items() if k != TIME_METRIC}
+
+
+def same_number(a: float, b: float) -> bool:
+    """Equal to the bit, NaN (a metric with no value, e.g. no size words said) equal to NaN."""
+    return a == b or (math.isnan(a) and math.isnan(b))
+
+
+def merge(committed: list[dict[str, Any]], new: list[dict[str, Any]], source: str) -> list[dict[str, Any]]:
+    """``committed`` runs plus ``new`` ones; a (version, seed) in both must have the same numbers.
+
+    A run's numbers depend only on its version and seed (one thread per run), so a rerun that
+    differs means the code or the recipe changed since the committed report: that stops the report
+    with every difference named, never a silent mix.
+    """
+    old = {(r["version"], r["seed"]): r for r in committed}
+    changed = []
+    for r in new:
+        before = old.get((r["version"], r["seed"]))
+        if before is None:
+            continue
+        a, b = _numbers(before), _numbers(r)
+        changed += [
+            f"{r['version']} seed {r['seed']} {k}: {a[k]!r} -> {b[k]!r}"
+            for k in sorted(set(a) & set(b))
+            if not same_number(a[k], b[k])
+        ]
+    if changed:
+        raise SystemExit(
+            f"error: {len(changed)} committed per-seed numbers in {source} changed: "
+            + "; ".join(changed[:5])
+            + ("; ..." if len(changed) > 5 else "")
+            + ". Run the committed commit's code, or report the group afresh without --merge"
+        )
+    mine = {(r["version"], r["seed"]) for r in new}
+    return sorted(
+        [*new, *(r for r in committed if (r["version"], r["seed"]) not in mine)],
+        key=lambda r: (r["version"], r["seed"]),
+    )
 
 
 def markdown(s: dict[str, Any]) -> str:
@@ -191,12 +261,12 @@ def markdown(s: dict[str, Any]) -> str:
         "",
         f"{w['n_runs']} runs ({len(s['versions'])} versions x seeds {', '.join(map(str, seeds))}). "
         f"Wall time of the group: {w['runs_s'] / 60:.1f} min of runs "
-        f"({w['first_start_to_last_end_s'] / 60:.1f} min from the first start to the last end).",
-        f"Command: `python train.py -m sweep={group} scale={scale}`, then "
-        f"`python sweeps/report.py --experiment sweep-{group}-{scale}`.",
-        f"Optuna study `{s.get('study')}`; runs at commit {', '.join(c[:7] for c in s.get('commits', []))}"
-        + (" (with uncommitted changes)" if s.get("dirty") else "")
-        + ".",
+        f"({w['first_start_to_last_end_s'] / 60:.1f} min from the first start to the last end"
+        + (", sittings added up)." if len(s.get("sittings", [])) > 1 else ")."),
+        "",
+        *(f"- {line}" for line in _sitting_lines(s)),
+        "",
+        ("Runs with uncommitted changes in the tree are among them." if s.get("dirty") else ""),
         "",
         f"Statistics: {s['statistics']}. Verdicts: `holds` (the CI excludes 0 on the claimed side; for "
         "'same within m': it lies inside +-m), `contradicted` (it excludes 0 on the other side; lies "
@@ -230,8 +300,8 @@ def markdown(s: dict[str, Any]) -> str:
         "## Claims",
         "",
         "| claim | the seed says | compared | difference [95% CI] | MDE (80% power) | verdict | "
-        "same direction on val CIDEr-D | on test object F1 |",
-        "|---|---|---|---|---|---|---|---|",
+        "seeds to decide (80% power) | same direction on val CIDEr-D | on test object F1 |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in s["claims"]:
         digits = _digits(c["metric"])
@@ -245,6 +315,7 @@ def markdown(s: dict[str, Any]) -> str:
         also = [c["also"].get(m, "–") for m in ALSO]
         lines.append(
             f"| {c['id']} | {seed} | {what} | {diffs or '–'} | {mdes or '–'} | **{c['verdict']}** | "
+            + f"{_seeds_to_decide(c)} | "
             + " | ".join(also)
             + " |"
         )
@@ -263,6 +334,38 @@ def markdown(s: dict[str, Any]) -> str:
             + f" | {r['run_id'][:8]} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _sitting_lines(s: dict[str, Any]) -> list[str]:
+    """One line per sitting: its seeds, the command that runs them again, its study, commit and wall time."""
+    group, scale, lines = s["group"], s["scale"], []
+    report = f"python sweeps/report.py --experiment sweep-{group}-{scale}"
+    for p in s.get("sittings") or [
+        {**s["wall_time"], "study": s.get("study"), "seeds": s["seeds"], "commits": s.get("commits", [])}
+    ]:
+        seeds, command = p["seeds"], f"python train.py -m sweep={group} scale={scale}"
+        if seeds and seeds[0] > 0:  # seeds added to a committed report
+            command += f" sweep.first_seed={seeds[0]} sweep.seeds={seeds[-1] + 1}"
+            then = f"{report} --merge sweeps/results/{group}_{scale}.json"
+        else:
+            then = report
+        lines.append(
+            f"Seeds {', '.join(map(str, seeds))}: `{command}` (one worker per core, each with "
+            f"`trainer.threads=1`), then `{then}`. Optuna study `{p['study']}`, commit "
+            f"{', '.join(c[:7] for c in p['commits'])}; {p['first_start_to_last_end_s'] / 60:.1f} min from "
+            f"the first start to the last end ({p['runs_s'] / 60:.1f} min of runs)."
+        )
+    return lines
+
+
+def _seeds_to_decide(c: dict[str, Any]) -> str:
+    """'12 (seed's effect)' for an undecided claim: seeds for 80% power at the effect its pairs assume."""
+    if not c["verdict"].startswith("not distinguishable"):
+        return "–"
+    n = c.get("seeds_needed")
+    sources = sorted({p.get("effect_from", "observed") for p in c["pairs"] if p["verdict"] != "holds"})
+    where = " and ".join("the seed's effect" if x == "seed" else "the observed effect" for x in sources)
+    return f"{'> 1000' if n is None else n} ({where})"
 
 
 def _interval_args(d: dict[str, float]) -> dict[str, float]:
@@ -440,46 +543,113 @@ def _still_improving(runs: list[dict[str, Any]], version: str) -> str:
     return f"{last} of {len(mine)}"
 
 
+ARCHIVE = "{n}seeds"  # sweeps/results/3seeds/: each group's report before seeds were added to it
+
+
+def _decisive(claims: list[dict[str, Any]]) -> str:
+    """'3 of 4': claims that hold or are contradicted, of those tested."""
+    tested = [c for c in claims if not c["verdict"].startswith(("not tested", "not run"))]
+    decided = [c for c in tested if c["verdict"] in ("holds", "contradicted")]
+    return f"{len(decided)} of {len(tested)}"
+
+
+def _wall_cell(s: dict[str, Any], wall_target: float | None) -> str:
+    """The first sitting's wall time against the target, then what each later sitting added."""
+    parts = s.get("sittings") or [{**s["wall_time"], "seeds": s["seeds"]}]
+    first = parts[0]["first_start_to_last_end_s"] / 60
+    cell = _fmt(first, 1) + (f" (over {wall_target:g})" if wall_target and first > wall_target else "")
+    for p in parts[1:]:
+        cell += f" + {_fmt(p['first_start_to_last_end_s'] / 60, 1)} (seeds {p['seeds'][0]}-{p['seeds'][-1]})"
+    return cell
+
+
 def overview(scale: str, results: Path = Path("sweeps/results"), claims_file: Path = CLAIMS) -> str:
-    """One Markdown table over every group's report at ``scale``, against the scale's targets in claims.yaml."""
+    """One Markdown table over every group's report at ``scale``, against the scale's targets in claims.yaml,
+    with the decisive verdicts at each number of seeds reported and the seeds every undecided claim needs."""
     data = OmegaConf.to_container(OmegaConf.load(claims_file))
     targets = data.get("targets", {}).get(scale, {})
     f1_target, wall_target = targets.get("baseline_test_object_f1"), targets.get("wall_min")
     lines = [
         f"# Seed ablations at scale `{scale}`: every group against the scale's targets",
         "",
-        f"Written by `python sweeps/report.py --overview {scale}` from `sweeps/results/<group>_{scale}.json`. "
+        f"Written by `python sweeps/report.py --overview {scale}` from `sweeps/results/<group>_{scale}.json` "
+        f"(and `sweeps/results/{ARCHIVE.format(n='<n>')}/`: a group's report before seeds were added). "
         + (
             f"Targets (sweeps/claims.yaml): the baseline's mean test object F1 >= {f1_target:g}; "
-            f"the group's wall time (first run's start to last run's end) <= {wall_target:g} min."
+            f"the group's wall time at its first seeds (first run's start to last run's end) <= "
+            f"{wall_target:g} min."
             if targets
             else "This scale has no targets in sweeps/claims.yaml."
         ),
+        "Decisive: a claim that holds or is contradicted, of the claims tested.",
         "",
         "| group | runs | commit | wall time (min) | baseline | baseline test object F1 [95% CI] | "
-        "baseline runs best at the last epoch | verdicts |",
-        "|---|---|---|---|---|---|---|---|",
+        "baseline runs best at the last epoch | verdicts | decisive |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    undecided = []
     for group, spec in data["groups"].items():
         path = results / f"{group}_{scale}.json"
         if not path.exists():
-            lines.append(f"| {group} | no report | | | {spec['baseline']} | | | |")
+            lines.append(f"| {group} | no report | | | {spec['baseline']} | | | | |")
             continue
         s = json.loads(path.read_text())
-        wall = s["wall_time"]["first_start_to_last_end_s"] / 60
-        wall_cell = _fmt(wall, 1) + (f" (over {wall_target:g})" if wall_target and wall > wall_target else "")
         f1 = s["versions"].get(s["baseline"], {}).get("metrics", {}).get("test.object_f1")
         f1_cell = _ci(Interval(**_interval_args(f1)), 3) if f1 else "–"
         if f1 and f1_target and f1["mean"] < f1_target:
             f1_cell += f" (under {f1_target:g})"
         commits = ", ".join(c[:7] for c in s.get("commits", [])) or "not recorded"
         commits += " + changes" if s.get("dirty") else ""
+        decisive = [
+            f"{len(a['seeds'])} seeds: {_decisive(a['claims'])}"
+            for n in range(2, len(s["seeds"]))
+            if (archived := results / ARCHIVE.format(n=n) / path.name).exists()
+            for a in [json.loads(archived.read_text())]
+        ]
+        decisive.append(f"{len(s['seeds'])} seeds: {_decisive(s['claims'])}")
         lines.append(
             f"| {group} | {s['wall_time']['n_runs']} ({len(s['versions'])} x {len(s['seeds'])} seeds) | "
-            f"{commits} | {wall_cell} | {s['baseline']} | {f1_cell} | "
-            f"{_still_improving(s['runs'], s['baseline'])} | {_verdict_counts(s['claims'])} |"
+            f"{commits} | {_wall_cell(s, wall_target)} | {s['baseline']} | {f1_cell} | "
+            f"{_still_improving(s['runs'], s['baseline'])} | {_verdict_counts(s['claims'])} | "
+            f"{'<br>'.join(decisive)} |"
         )
+        undecided += [
+            (group, len(s["seeds"]), c)
+            for c in s["claims"]
+            if "seeds_needed" in c and c["verdict"].startswith("not distinguishable")
+        ]
+    if undecided:
+        lines += [
+            "",
+            "## Undecided claims: the seeds a paired t-test needs (80% power)",
+            "",
+            "For the seed's own claimed effect where its README gives numbers (val BLEU-4 per version), "
+            "else for the difference observed here, at the sd of the per-seed differences seen so far.",
+            "",
+            "| group | claim | seeds run | difference [95% CI] | seeds to decide |",
+            "|---|---|---|---|---|",
+        ]
+        for group, n, c in undecided:
+            digits = _digits(c["metric"])
+            diffs = "<br>".join(
+                f"{p['subject']} - {p['other']}: {_ci(Interval(**_interval_args(p['diff'])), digits)}"
+                for p in c["pairs"]
+                if p["verdict"] != "holds"
+            )
+            lines.append(f"| {group} | {c['id']} | {n} | {diffs} | {_seeds_to_decide(c)} |")
     return "\n".join(lines) + "\n"
+
+
+def read_report(path: str, option: str) -> tuple[str, str, list[dict[str, Any]]]:
+    """(group, scale, per-seed runs) of a report JSON this script wrote; one-line error otherwise."""
+    try:
+        old = json.loads(Path(path).read_text())
+        return old["group"], old["scale"], old["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise SystemExit(
+            f"error: {option} {path!r} is not a report JSON written by this script ({err!r}); "
+            "pass sweeps/results/<group>_<scale>.json"
+        ) from None
 
 
 def main() -> None:
@@ -499,20 +669,21 @@ def main() -> None:
         help="instead: one table over sweeps/results/<group>_<SCALE>.json against the scale's targets, "
         "written to sweeps/results/overview_<SCALE>.md",
     )
+    p.add_argument(
+        "--merge",
+        metavar="JSON",
+        help="with --experiment: add the experiment's runs to a committed report's per-seed runs (e.g. "
+        "seeds 3-4 run with sweep.first_seed=3 sweep.seeds=5); stops if a run in both changed its numbers",
+    )
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     p.add_argument(
         "--out", default=None, help="output path without suffix (default sweeps/results/<group>_<scale>)"
     )
     args = p.parse_args()
+    if args.merge and not args.experiment:
+        p.error("--merge goes with --experiment")
     if args.rejudge:
-        try:
-            old = json.loads(Path(args.rejudge).read_text())
-            group, scale, runs = old["group"], old["scale"], old["runs"]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise SystemExit(
-                f"error: --rejudge {args.rejudge!r} is not a report JSON written by this script ({err!r}); "
-                "pass sweeps/results/<group>_<scale>.json"
-            ) from None
+        group, scale, runs = read_report(args.rejudge, "--rejudge")
         s = summarize(group, scale, runs)
         print(markdown(s) + f"wrote {', '.join(map(str, write(s, Path(args.rejudge).with_suffix(''))))}")
         return
@@ -533,6 +704,14 @@ def main() -> None:
         raise SystemExit(
             f"error: experiment {args.experiment!r} has no finished trial; run or resume the sweep"
         )
+    if args.merge:
+        merged_group, merged_scale, committed = read_report(args.merge, "--merge")
+        if (merged_group, merged_scale) != (group, scale):
+            raise SystemExit(
+                f"error: --merge {args.merge!r} is the report of {merged_group} at {merged_scale}, not of "
+                f"{group} at {scale}; pass sweeps/results/{group}_{scale}.json"
+            )
+        runs = merge(committed, runs, args.merge)
     s = summarize(group, scale, runs)
     files = write(s, Path(args.out or f"sweeps/results/{group}_{scale}"))
     parent = log_to_parent(args.tracking_uri, s, files)

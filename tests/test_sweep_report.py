@@ -224,3 +224,104 @@ def test_rejudge_rewrites_a_committed_report_unchanged_and_refuses_other_files(t
         [sys.executable, script, "--rejudge", str(tmp_path / "nope.json")], capture_output=True, text=True
     )
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "not a report JSON" in bad.stderr
+
+
+def _two_sittings(changed: float = 0.0) -> tuple[list[dict], list[dict]]:
+    """Seeds 0-1 as committed (study A), seeds 1-3 rerun later (study B); ``changed`` moves seed 1's v15."""
+    bleu = {"v15": [30.0, 31.0, 29.5, 30.5], "v16": [30.1, 30.9, 29.5, 30.6], "v17": [32.0, 33.1, 31.4, 32.6]}
+    committed = [
+        run_record(v, s, {"val.bleu4": b[s], "time.train_s": 9.0}, study="A", start=0, end=60_000)
+        for v, b in bleu.items()
+        for s in (0, 1)
+    ]
+    new = [
+        run_record(
+            v,
+            s,
+            {"val.bleu4": b[s] + (changed if (v, s) == ("v15", 1) else 0.0), "time.train_s": 7.0},
+            study="B",
+            start=10**9,
+            end=10**9 + 120_000,
+        )
+        for v, b in bleu.items()
+        for s in (1, 2, 3)
+    ]
+    return committed, new
+
+
+def test_merge_adds_new_seeds_and_refuses_a_committed_number_that_changed() -> None:
+    """--merge: seeds run later join the committed ones, each sitting keeps its own wall time, and a
+    rerun point whose numbers differ from the committed report stops the report naming it."""
+    committed, new = _two_sittings()
+    runs = report.merge(committed, new, "committed.json")
+    assert [(r["version"], r["seed"]) for r in runs][:4] == [("v15", 0), ("v15", 1), ("v15", 2), ("v15", 3)]
+    s = report.summarize("optim_dropout", "cpu", runs)
+    assert s["seeds"] == [0, 1, 2, 3]
+    assert [(p["study"], p["seeds"], p["first_start_to_last_end_s"]) for p in s["sittings"]] == [
+        ("A", [0], 60.0),  # seed 1 was rerun in B: its record is B's (same numbers)
+        ("B", [1, 2, 3], 120.0),
+    ]
+    assert s["wall_time"]["first_start_to_last_end_s"] == 180.0  # sittings added up, not the days between
+    md = report.markdown(s)
+    assert "sweep.first_seed=1 sweep.seeds=4" in md and "--merge sweeps/results/optim_dropout_cpu.json" in md
+    committed, new = _two_sittings(changed=1e-9)
+    with pytest.raises(
+        SystemExit, match=r"1 committed per-seed numbers in committed.json changed: v15 seed 1"
+    ):
+        report.merge(committed, new, "committed.json")
+
+
+def test_undecided_claims_say_how_many_seeds_would_decide_them(tmp_path: Path) -> None:
+    """An undecided claim carries the seeds a paired t-test needs for the seed's own effect (its reported
+    val BLEU-4 per version) or, where the seed reports none, the observed one; the overview lists them
+    and counts decisive verdicts at the archived and the current number of seeds."""
+    # v17 - v15: +1 +- 2 over 3 seeds (undecided); the seed claims +3 for v17 over v15.
+    runs = [
+        run_record(v, s, {"val.bleu4": b, "test.object_f1": 0.9}, seed_bleu4=sb)
+        for v, sb, values in (
+            ("v15", "20.0", [30.0, 31.0, 29.0]),
+            ("v16", "20.0", [30.0, 31.0, 29.0]),
+            ("v17", "23.0", [33.0, 30.0, 30.0]),
+        )
+        for s, b in enumerate(values)
+    ]
+    s = report.summarize("optim_dropout", "cpu", runs)
+    claim = next(c for c in s["claims"] if c["id"] == "more_dropout_helps")
+    assert claim["verdict"] == "not distinguishable at 3 seeds"
+    (pair,) = claim["pairs"]
+    assert pair["effect_from"] == "seed" and pair["effect"] == pytest.approx(3.0)
+    assert claim["seeds_needed"] == pair["seeds_needed"]
+    from captioner.ablation import minimum_detectable_effect
+
+    n, sd = claim["seeds_needed"], pair["diff"]["sd"]
+    assert minimum_detectable_effect(sd, n) <= 3.0 < minimum_detectable_effect(sd, n - 1)
+    same = next(c for c in s["claims"] if c["id"] == "adamw_same_as_adam")
+    assert same["verdict"] == "holds" and same["seeds_needed"] is None  # decided: nothing to add
+    (tmp_path / "3seeds").mkdir()
+    report.write(s, tmp_path / "3seeds" / "optim_dropout_cpu")
+    more = runs + [
+        run_record(v, 3, {"val.bleu4": 31.0 + (v == "v17") * 3, "test.object_f1": 0.9})
+        for v in ("v15", "v16", "v17")
+    ]
+    report.write(report.summarize("optim_dropout", "cpu", more), tmp_path / "optim_dropout_cpu")
+    table = report.overview("cpu", tmp_path)
+    row = next(line for line in table.splitlines() if line.startswith("| optim_dropout "))
+    assert row.endswith("| 3 seeds: 1 of 2<br>4 seeds: 1 of 2 |")
+    assert "| optim_dropout | more_dropout_helps | 4 |" in table
+
+
+ARCHIVED = sorted((REPO / "sweeps" / "results" / "3seeds").glob("*_cpu.json"))
+
+
+@pytest.mark.parametrize("archived", ARCHIVED, ids=[p.stem for p in ARCHIVED])
+def test_committed_reports_keep_every_archived_per_seed_number(archived: Path) -> None:
+    """Seeds added to a group (sweep.first_seed) never move the committed 3-seed numbers: the current
+    report holds every archived (version, seed) with exactly its numbers."""
+    current = json.loads((archived.parents[1] / archived.name).read_text())
+    now = {(r["version"], r["seed"]): report._numbers(r) for r in current["runs"]}
+    before = {(r["version"], r["seed"]): report._numbers(r) for r in json.loads(archived.read_text())["runs"]}
+    assert set(before) <= set(now)
+    for point, numbers in before.items():
+        differ = [k for k in numbers if k in now[point] and not report.same_number(numbers[k], now[point][k])]
+        assert not differ, (point, differ)
+        assert set(numbers) - set(now[point]) <= {"test.meteor"}, point  # METEOR left scale=cpu at bb5eb11

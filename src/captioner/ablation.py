@@ -83,6 +83,40 @@ def minimum_detectable_effect(sd: float, n: int, alpha: float = 0.05, power: flo
     return (t_quantile(1 - alpha / 2, n - 1) + t_quantile(power, n - 1)) * sd / math.sqrt(n)
 
 
+def seeds_needed(
+    effect: float, sd: float, expect: str, within: float | None = None, power: float = 0.8, most: int = 1000
+) -> int | None:
+    """Seeds a paired t-test needs to decide a claim with ``power`` when the true difference is ``effect``.
+
+    The smallest n >= 2 with (t_{0.975,n-1} + t_{q,n-1}) * sd / sqrt(n) <= margin, ``sd`` the sd of the
+    per-seed differences observed so far. For higher/lower, margin = |effect| and q = power (the MDE
+    above, solved for n). For "same within m", the verdict needs the whole 95% interval inside +-m:
+    margin = m - |effect| and q = (1 + power) / 2 (two one-sided tests, each missing half the time).
+    None when no n up to ``most`` suffices (or the effect is 0 / the margin is gone).
+    """
+    if expect == "same":
+        assert within is not None
+        margin, q = within - abs(effect), (1 + power) / 2
+    else:
+        margin, q = abs(effect), power
+    if not (math.isfinite(sd) and math.isfinite(margin)) or margin <= 0:
+        return None
+    if sd == 0:
+        return 2
+
+    # Coarse-to-fine: the left side falls monotonically in n, so bisect between 2 and `most`.
+    def enough(n: int) -> bool:
+        return (t_quantile(0.975, n - 1) + t_quantile(q, n - 1)) * sd / math.sqrt(n) <= margin
+
+    if not enough(most):
+        return None
+    low, high = 2, most
+    while low < high:
+        mid = (low + high) // 2
+        low, high = (low, mid) if enough(mid) else (mid + 1, high)
+    return low
+
+
 def undecided(n: int) -> str:
     """The third verdict, naming the number of seeds."""
     return f"not distinguishable at {n} seeds"
@@ -210,6 +244,14 @@ class Judgement:
     pairs: list[dict[str, Any]] = field(default_factory=list)
     also: dict[str, str] = field(default_factory=dict)  # metric -> verdict of the same direction
 
+    @property
+    def seeds_needed(self) -> int | None:
+        """For an undecided claim, the seeds its hardest undecided pair needs (None: more than any tried)."""
+        if not self.verdict.startswith("not distinguishable"):
+            return None
+        needed = [p["seeds_needed"] for p in self.pairs if p["verdict"] != HOLDS]
+        return None if None in needed else max(needed)
+
     def as_dict(self) -> dict[str, Any]:
         """Plain data for JSON."""
         c = self.claim
@@ -223,6 +265,7 @@ class Judgement:
             "note": c.note or c.untested or "",
             "verdict": self.verdict,
             "pairs": self.pairs,
+            "seeds_needed": self.seeds_needed,
             "also": self.also,
         }
 
@@ -236,8 +279,31 @@ def combine(verdicts: Sequence[str]) -> str:
     return next((v for v in verdicts if v != HOLDS), "no verdict")
 
 
-def judge(claim: Claim, values: Values, competence: Sequence[str], also: Sequence[str] = ()) -> Judgement:
-    """The claim's verdict on ``values``; ``competence``: the baseline's failures (no quality verdict then)."""
+# The metric the seed's README reports per version (its val BLEU-4): the claimed effect sizes are on it.
+SEED_METRIC = "val.bleu4"
+
+
+def claimed_effect(claim: Claim, other: str, seed_scores: Mapping[str, float]) -> float | None:
+    """The seed's own difference subject - other on the claim's metric, or None when it reports none."""
+    if claim.metric != SEED_METRIC or claim.subject is None:
+        return None
+    diff = seed_scores.get(claim.subject, math.nan) - seed_scores.get(other, math.nan)
+    return diff if math.isfinite(diff) else None
+
+
+def judge(
+    claim: Claim,
+    values: Values,
+    competence: Sequence[str],
+    also: Sequence[str] = (),
+    seed_scores: Mapping[str, float] | None = None,
+) -> Judgement:
+    """The claim's verdict on ``values``; ``competence``: the baseline's failures (no quality verdict then).
+
+    Each pair also carries the seeds a paired t-test would need (:func:`seeds_needed`) for the seed's own
+    claimed effect (``seed_scores``: its reported score per version) or, where it reports none, for the
+    difference observed here; an undecided claim needs the most of its undecided pairs.
+    """
     if claim.untested:
         return Judgement(claim, f"not tested: {claim.untested}")
     missing = [v for v in claim.versions if v not in values]
@@ -248,6 +314,9 @@ def judge(claim: Claim, values: Values, competence: Sequence[str], also: Sequenc
         seeds, diff = paired(values[claim.subject].get(claim.metric, {}), values[other].get(claim.metric, {}))
         v = verdict(diff, claim.expect, claim.within)
         verdicts.append(v)
+        # "same" claims no difference at all; the others their seed's size, else the one seen here.
+        seed_effect = 0.0 if claim.expect == "same" else claimed_effect(claim, other, seed_scores or {})
+        effect = seed_effect if seed_effect is not None else diff.mean
         pairs.append(
             {
                 "subject": claim.subject,
@@ -256,6 +325,9 @@ def judge(claim: Claim, values: Values, competence: Sequence[str], also: Sequenc
                 "diff": diff.as_dict(),
                 "mde": minimum_detectable_effect(diff.sd, diff.n),
                 "verdict": v,
+                "effect": effect,
+                "effect_from": "observed" if seed_effect is None else "seed",
+                "seeds_needed": seeds_needed(effect, diff.sd, claim.expect, claim.within),
             }
         )
     result = combine(verdicts)
