@@ -4,7 +4,7 @@ PY ?= python
 BENCH_ARGS ?=
 
 .PHONY: bench bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead bench-scale bench-cpu-scale-cost
-bench: bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead bench-probe bench-quality bench-scale bench-cpu-scale-cost  ## run every benchmark
+bench: bench-threads bench-train-speed bench-feature-cache bench-loader bench-beam bench-sweep-overhead bench-probe bench-quality bench-scale bench-cpu-scale-cost  ## run every benchmark
 
 bench-train-speed:  ## decoder train-step FLOP/s vs sgemm, captions/s vs the tutorial reference decoder
 	$(PY) bench/train_speed.py $(BENCH_ARGS)
@@ -79,3 +79,7 @@ $(QUALITY_DIR)/%/metrics.json:
 .PHONY: bench-probe
 bench-probe:  ## linear probe: which encoder layer still knows each shapes object's colour and shape
 	$(PY) bench/probe_layers.py $(BENCH_ARGS)
+
+.PHONY: bench-threads
+bench-threads:  ## CPU threading (count, OpenMP wait policy, auto) alone and beside a busy core: the default's evidence
+	$(PY) bench/threads.py $(BENCH_ARGS)

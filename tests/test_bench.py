@@ -123,6 +123,23 @@ def test_quality_table_takes_frozen_and_finetuned_rows_from_the_sweep(tmp_path):
         sweep_rows(str(tmp_path / "bad.json"), ["v19"])
 
 
+@pytest.mark.slow  # four worker processes: ~30 s
+def test_threads_benchmark_quick_run_writes_record(tmp_path):
+    """bench/threads.py --quick: each setting alone and beside a busy process, the count auto chose."""
+    out = tmp_path / "threads.json"
+    subprocess.run(
+        [sys.executable, str(BENCH / "threads.py"), "--quick", "--out", str(out)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    record = json.loads(out.read_text())
+    rows = {r["setting"]: r for r in record["rows"]}
+    assert set(rows) == {"threads=1", "auto"} and record["setup"]["default"] == "auto"
+    assert rows["threads=1"]["threads_alone"] == rows["threads=1"]["threads_beside_busy"] == [1]
+    assert all(r["alone"] > 0 and r["beside_busy"] > 0 for r in rows.values())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("script", ["train_speed.py", "feature_cache.py", "cpu_scale_cost.py"])
 def test_benchmark_quick_run_writes_record(tmp_path, script):

@@ -48,8 +48,9 @@ class TrainerConfig:
     # mean over locations (seed; keeps the term on the scale of the word loss) | sum (paper Eq. 14)
     att_reduction: str = "mean"
     seed: int = 0
-    # CPU threads for torch (0 = torch's default); 1 per process when several share a machine
-    threads: int = 0
+    # CPU threads for torch: auto (the cores no other process is using at start; OMP_NUM_THREADS wins)
+    # or a count. Floats depend on the count: the run's config records the one it used.
+    threads: str = "auto"
     resume: str | None = None  # a run folder or checkpoint to continue exactly (last.pt)
     # a checkpoint whose model weights start this run (fresh optimiser; objective=scst needs one)
     init_from: str | None = None

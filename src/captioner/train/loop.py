@@ -24,6 +24,7 @@ from captioner.runtime import checkpoint as ckpt
 from captioner.runtime.device import autocast_context, resolve_device, resolve_precision
 from captioner.runtime.distributed import cleanup, init_distributed, rank_device
 from captioner.runtime.files import write_json_atomic
+from captioner.runtime.threads import configure_threads
 from captioner.train.divergence import TrainingError, raise_if_weights_diverged
 from captioner.train.epoch import ValidationCallback, train_one_epoch, validate
 from captioner.train.state import (
@@ -54,8 +55,9 @@ def train(
 
     t = cfg.trainer
     validate_config(cfg)
-    if t.threads > 0:  # several runs on one machine: oversubscribed OpenMP threads spin and crawl
-        torch.set_num_threads(t.threads)
+    # Not more threads than idle cores: beside a busy core, a thread that shares it stalls every step.
+    threads, why = configure_threads(t.threads)
+    t.threads = str(threads)  # the count this run used, in its config and checkpoints (a resume keeps it)
     device = resolve_device(t.device)
     dist_info = init_distributed(device.type)
     device = rank_device(device, dist_info)
@@ -125,6 +127,8 @@ def train(
             tracker.log_artifact(run_dir / "config.json")
 
     autocast = autocast_context(device, precision)
+    if dist_info.is_main:
+        log_line(f"CPU threads: {threads} ({why})")
     status = "FAILED"
     try:
         for epoch in range(progress.epoch, t.epochs):
