@@ -306,7 +306,7 @@ def _sweep_parent(choices: Mapping[str, str]) -> dict[str, Any] | None:
     study = os.environ.get(SWEEP_STUDY_ENV)
     if not study:
         return None
-    group, scale = choices.get("sweep"), choices.get("scale")
+    group, scale = choices.get("sweep") or choices.get("search"), choices.get("scale")
     tags = (
         {"sweep.study": study}
         | ({"sweep.group": group} if group else {})
