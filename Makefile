@@ -7,7 +7,7 @@ export TORCH_HOME
 include mk/weights.mk
 -include mk/bench.mk
 
-.PHONY: help install demo test test-fast test-slow lint ui sweep-smoke sweep report
+.PHONY: help install demo test test-fast test-slow lint ui sweep-smoke sweep report results
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -45,3 +45,6 @@ sweep: install weights  ## one seed ablation group (versions x seeds) and its re
 report:  ## mean/CI per version + claim verdicts per sweep experiment in the local MLflow store (sweeps/results/), then the SCALE's overview
 	for e in $$($(PY) -c "from mlflow.tracking import MlflowClient as C; print(' '.join(x.name for x in C('sqlite:///mlflow.db').search_experiments() if x.name.startswith('sweep-')))"); do $(PY) sweeps/report.py --experiment $$e; done
 	$(PY) sweeps/report.py --overview $(SCALE)
+
+results:  ## docs/results.md and docs/results_summary.md from bench/results/*.json and sweeps/results/*.json (runs nothing)
+	$(PY) docs/build_results.py

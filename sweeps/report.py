@@ -268,9 +268,7 @@ def markdown(s: dict[str, Any]) -> str:
         "",
         ("Runs with uncommitted changes in the tree are among them." if s.get("dirty") else ""),
         "",
-        f"Statistics: {s['statistics']}. Verdicts: `holds` (the CI excludes 0 on the claimed side; for "
-        "'same within m': it lies inside +-m), `contradicted` (it excludes 0 on the other side; lies "
-        "outside +-m), `not distinguishable at n seeds` (otherwise).",
+        f"Statistics: {s['statistics']}. {VERDICTS}",
         "",
     ]
     comp = s["competence"]
@@ -287,38 +285,12 @@ def markdown(s: dict[str, Any]) -> str:
     lines += [
         "## Per version: mean [95% CI] over seeds",
         "",
-        "| version | seed flags | n | " + " | ".join(SHOWN.values()) + " | seed's val BLEU-4 |",
-        "|---|---|---|" + "---|" * len(SHOWN) + "---|",
-    ]
-    for v, row in s["versions"].items():
-        stats = {m: Interval(**_interval_args(d)) for m, d in row["metrics"].items()}
-        n = max((i.n for i in stats.values()), default=0)
-        cells = [_ci(stats[m], _digits(m)) if m in stats else "–" for m in SHOWN]
-        lines.append(f"| {v} | `{row['flags']}` | {n} | " + " | ".join(cells) + f" | {row['seed_bleu4']} |")
-    lines += [
+        *versions_table(s),
         "",
         "## Claims",
         "",
-        "| claim | the seed says | compared | difference [95% CI] | MDE (80% power) | verdict | "
-        "seeds to decide (80% power) | same direction on val CIDEr-D | on test object F1 |",
-        "|---|---|---|---|---|---|---|---|---|",
+        *claims_table(s),
     ]
-    for c in s["claims"]:
-        digits = _digits(c["metric"])
-        diffs = "<br>".join(
-            f"{p['subject']} - {p['other']}: {_ci(Interval(**_interval_args(p['diff'])), digits)}"
-            for p in c["pairs"]
-        )
-        mdes = "<br>".join(_fmt(p["mde"], digits) for p in c["pairs"])
-        seed = c["seed"] + (f" ({c['seed_numbers']})" if c["seed_numbers"] else "")
-        what = c["claim"] + (f"; {c['note']}" if c["note"] and c["pairs"] else "")
-        also = [c["also"].get(m, "–") for m in ALSO]
-        lines.append(
-            f"| {c['id']} | {seed} | {what} | {diffs or '–'} | {mdes or '–'} | **{c['verdict']}** | "
-            + f"{_seeds_to_decide(c)} | "
-            + " | ".join(also)
-            + " |"
-        )
     lines += [
         "",
         "## Per seed",
@@ -334,6 +306,55 @@ def markdown(s: dict[str, Any]) -> str:
             + f" | {r['run_id'][:8]} |"
         )
     return "\n".join(lines) + "\n"
+
+
+VERDICTS = (
+    "Verdicts: `holds` (the CI excludes 0 on the claimed side; for 'same within m': it lies inside +-m), "
+    "`contradicted` (it excludes 0 on the other side; lies outside +-m), `not distinguishable at n seeds` "
+    "(otherwise)."
+)
+
+
+def versions_table(s: dict[str, Any]) -> list[str]:
+    """Markdown rows: per version of a report, its flags, seeds and mean [95% CI] of each shown metric."""
+    lines = [
+        "| version | seed flags | n | " + " | ".join(SHOWN.values()) + " | seed's val BLEU-4 |",
+        "|---|---|---|" + "---|" * len(SHOWN) + "---|",
+    ]
+    for v, row in s["versions"].items():
+        stats = {m: Interval(**_interval_args(d)) for m, d in row["metrics"].items()}
+        n = max((i.n for i in stats.values()), default=0)
+        cells = [_ci(stats[m], _digits(m)) if m in stats else "–" for m in SHOWN]
+        lines.append(f"| {v} | `{row['flags']}` | {n} | " + " | ".join(cells) + f" | {row['seed_bleu4']} |")
+    return lines
+
+
+def claims_table(s: dict[str, Any]) -> list[str]:
+    """Markdown rows: per claim of a report, the seed's words, the paired differences, MDE, verdict, seeds to decide."""
+    lines = [
+        "| claim | the seed says | compared | difference [95% CI] | MDE (80% power) | verdict | "
+        "seeds to decide (80% power) | same direction on val CIDEr-D | on test object F1 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in s["claims"]:
+        digits = _digits(c["metric"])
+        diffs = "<br>".join(pair_difference(p, digits) for p in c["pairs"])
+        mdes = "<br>".join(_fmt(p["mde"], digits) for p in c["pairs"])
+        seed = c["seed"] + (f" ({c['seed_numbers']})" if c["seed_numbers"] else "")
+        what = c["claim"] + (f"; {c['note']}" if c["note"] and c["pairs"] else "")
+        also = [c["also"].get(m, "–") for m in ALSO]
+        lines.append(
+            f"| {c['id']} | {seed} | {what} | {diffs or '–'} | {mdes or '–'} | **{c['verdict']}** | "
+            + f"{_seeds_to_decide(c)} | "
+            + " | ".join(also)
+            + " |"
+        )
+    return lines
+
+
+def pair_difference(p: dict[str, Any], digits: int) -> str:
+    """'v17 - v15: -1.15 [-7.09, 4.79]': one pair of a claim, its mean difference and 95% CI."""
+    return f"{p['subject']} - {p['other']}: {_ci(Interval(**_interval_args(p['diff'])), digits)}"
 
 
 def _sitting_lines(s: dict[str, Any]) -> list[str]:
@@ -631,11 +652,7 @@ def overview(scale: str, results: Path = Path("sweeps/results"), claims_file: Pa
         ]
         for group, n, c in undecided:
             digits = _digits(c["metric"])
-            diffs = "<br>".join(
-                f"{p['subject']} - {p['other']}: {_ci(Interval(**_interval_args(p['diff'])), digits)}"
-                for p in c["pairs"]
-                if p["verdict"] != "holds"
-            )
+            diffs = "<br>".join(pair_difference(p, digits) for p in c["pairs"] if p["verdict"] != "holds")
             lines.append(f"| {group} | {c['id']} | {n} | {diffs} | {_seeds_to_decide(c)} |")
     return "\n".join(lines) + "\n"
 
