@@ -266,8 +266,7 @@ def markdown(s: dict[str, Any]) -> str:
         "",
         *(f"- {line}" for line in _sitting_lines(s)),
         "",
-        ("Runs with uncommitted changes in the tree are among them." if s.get("dirty") else ""),
-        "",
+        *(["Runs with uncommitted changes in the tree are among them.", ""] if s.get("dirty") else []),
         f"Statistics: {s['statistics']}. {VERDICTS}",
         "",
     ]
