@@ -55,6 +55,18 @@ class HyperbandPrunerConf:
 
 
 @dataclass
+class ThresholdPrunerConf:
+    """optuna.pruners.ThresholdPruner: stop a trial whose intermediate value leaves [lower, upper]
+    (e.g. a captioner still naming no objects after two epochs: lower 0.1 on object F1, n_warmup_steps 1)."""
+
+    _target_: str = "optuna.pruners.ThresholdPruner"
+    lower: float | None = None
+    upper: float | None = None
+    n_warmup_steps: int = 0
+    interval_steps: int = 1
+
+
+@dataclass
 class OptunaSweeperConf:
     """`hydra.sweeper` keys; they map 1:1 to OptunaSweeper's constructor arguments."""
 
@@ -101,5 +113,9 @@ _cs = ConfigStore.instance()
 _cs.store(group="hydra/sweeper", name="optuna", node=OptunaSweeperConf, provider="captioner_optuna_sweeper")
 for _name, _node in {"tpe": TPESamplerConf, "random": RandomSamplerConf, "grid": GridSamplerConf}.items():
     _cs.store(group="hydra/sweeper/sampler", name=_name, node=_node, provider="captioner_optuna_sweeper")
-for _name, _node in {"median": MedianPrunerConf, "hyperband": HyperbandPrunerConf}.items():
+for _name, _node in {
+    "median": MedianPrunerConf,
+    "hyperband": HyperbandPrunerConf,
+    "threshold": ThresholdPrunerConf,
+}.items():
     _cs.store(group="hydra/sweeper/pruner", name=_name, node=_node, provider="captioner_optuna_sweeper")
