@@ -30,8 +30,8 @@ from captioner.data.shapes import generate_dataset
 from captioner.data.transforms import as_float
 from captioner.data.vocab import Vocab
 from captioner.model.build import build_model
-from captioner.model.encoder import pretrained_weights
 from captioner.model.loss import caption_loss
+from captioner.runtime.hub_weights import pretrained_weights
 from captioner.train.optim import build_optimizer, clip_gradients
 
 # conf/decoder/sat.yaml (the default decoder), as build_model receives it.

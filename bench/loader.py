@@ -26,10 +26,11 @@ import torch
 from PIL import Image
 from torch import nn
 
+from captioner.data.annotations import write_annotations
 from captioner.data.features import FeatureCache
 from captioner.data.loaders import build_loaders
 from captioner.data.pipeline import NO_AUGMENT
-from captioner.data.records import MANIFEST, ImageRecord, content_hash, write_annotations, write_json_atomic
+from captioner.data.records import MANIFEST, ImageRecord, content_hash, write_json_atomic
 from captioner.data.store import ImageStoreWriter
 from captioner.data.vocab import Vocab, tokenize
 

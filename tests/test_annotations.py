@@ -12,9 +12,9 @@ from test_dataset import make_prepared
 from test_train import REPO, fast_overrides, shapes_data  # noqa: F401 - shapes_data is a fixture
 
 from captioner.data import annotations as annotations_module
-from captioner.data.annotations import load_annotations
+from captioner.data.annotations import load_annotations, write_annotations
 from captioner.data.dataset import CaptionDataset, encode_captions
-from captioner.data.records import ANNOTATIONS, ANNOTATIONS_INDEX, ImageRecord, write_annotations
+from captioner.data.records import ANNOTATIONS, ANNOTATIONS_INDEX, ImageRecord
 from captioner.data.vocab import Vocab
 
 

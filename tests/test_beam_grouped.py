@@ -9,7 +9,6 @@ from captioner.data.vocab import END_ID, START_ID, UNK_ID
 from captioner.decode import beam_search, greedy, sample
 from captioner.model import fast_decode
 from captioner.model.decoder import Decoder
-from captioner.model.fast_decode import Folded
 
 V, D, L = 24, 8, 6
 
@@ -39,16 +38,18 @@ def annotations(batch: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(batch, L, D, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+@pytest.mark.parametrize("fast", [False, True])
 @pytest.mark.parametrize("context", ["soft", "mean", "blind"])
-def test_grouped_step_equals_the_step_on_repeated_annotations(context: str) -> None:
+def test_grouped_step_equals_the_step_on_repeated_annotations(context: str, fast: bool) -> None:
+    """n rows per image broadcast against its annotations; ``fast`` (Eq. 4 via a sigmoid) agrees in float64."""
     dec, a, n = make_decoder(context), annotations(4), 3
     projected = dec.project(a)
     state = dec.init_state(a).map(
         lambda s: s.repeat_interleave(n, dim=1) + 0.1 * torch.randn_like(s.repeat_interleave(n, dim=1))
     )
     words = torch.randint(4, V, (4 * n,), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        grouped = dec.step(words, state, a, projected)
+    with torch.inference_mode():
+        grouped = dec.step(words, state, a, projected, fast=fast)
         repeated = dec.step(words, state, a.repeat_interleave(n, 0), projected.repeat_interleave(n, 0))
     for got, want in zip(grouped[:2] + tuple(grouped[2]), repeated[:2] + tuple(repeated[2]), strict=True):
         if want is None:  # no coverage
@@ -56,28 +57,6 @@ def test_grouped_step_equals_the_step_on_repeated_annotations(context: str) -> N
             continue
         assert got.shape == want.shape
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-
-
-def test_grouped_step_has_the_same_gradients() -> None:
-    """Several rows per image under autograd (e.g. sampled captions in training) backpropagates alike."""
-    dec, a, n = make_decoder(), annotations(3), 2
-    words = torch.randint(4, V, (3 * n,), generator=torch.Generator().manual_seed(3))
-    grads = []
-    for feats_of in (lambda x: x, lambda x: x.repeat_interleave(n, 0)):
-        dec.zero_grad()
-        state = dec.init_state(a).repeat(n)
-        logits, _, _ = dec.step(words, state, feats_of(a), feats_of(dec.project(a)))
-        logits.logsumexp(-1).sum().backward()
-        # The score bias gets no gradient in either form (softmax ignores it): None counts as zeros.
-        grads.append(
-            torch.cat(
-                [
-                    (torch.zeros_like(p) if p.grad is None else p.grad).flatten()
-                    for p in dec.attention.parameters()
-                ]
-            )
-        )
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
 
 
 def test_one_row_per_image_keeps_the_training_attention_exactly() -> None:
@@ -99,21 +78,28 @@ def test_attention_rows_must_be_a_multiple_of_the_images() -> None:
         dec.attention(a, dec.project(a), torch.zeros(6, 12, dtype=torch.float64))
 
 
+def test_fast_attention_is_inference_only() -> None:
+    dec = make_decoder()
+    a = annotations(2)
+    with pytest.raises(ValueError, match="inference_mode"):
+        dec.attention(a, dec.project(a), torch.zeros(4, 12, dtype=torch.float64), fast=True)
+
+
 def test_finished_images_leave_the_batch_and_results_stay_per_image() -> None:
     dec, a, k = make_decoder(), annotations(16, seed=3), 4
     rows: list[int] = []
-    step = dec.step
+    attend = dec.attend
 
-    def counting_step(words, state, feats, projected):  # noqa: ANN001, ANN202 - a spy on Decoder.step
-        assert words.shape[0] % feats.shape[0] == 0 and len(projected) == feats.shape[0]
-        rows.append(words.shape[0])
-        return step(words, state, feats, projected)
+    def counting_attend(feats, projected, state, emb, **kwargs):  # noqa: ANN001, ANN202, ANN003 - a spy
+        assert emb.shape[0] % feats.shape[0] == 0 and len(projected) == feats.shape[0]
+        rows.append(emb.shape[0])
+        return attend(feats, projected, state, emb, **kwargs)
 
-    dec.step = counting_step
+    dec.attend = counting_attend  # every step attends once, folded (this decoder folds) or not
     try:
         batched = beam_search(dec, a, k=k, n_best=k, max_len=15)
     finally:
-        del dec.step
+        del dec.attend
     assert rows[0] == 16 and rows[1] == 16 * k  # one row per image until the first word splits beams
     assert all(r % k == 0 for r in rows[1:]) and rows[1:] == sorted(rows[1:], reverse=True)
     assert rows[-1] < rows[1], "some images should finish early and leave the batch"
@@ -156,20 +142,21 @@ def test_folded_context_step_equals_the_plain_step(deep_output: bool, beta_gate:
     dec = dec.double().eval()
     a = torch.rand(3, 4, 16, dtype=torch.float64)
     words = torch.tensor([4, 5, 6, 7, 8, 9])
-    with torch.no_grad():
-        plain, folded = dec.project(a), fast_decode.project(dec, a)
-        assert isinstance(folded, Folded) and torch.equal(folded.projected, plain)
+    with torch.inference_mode():
+        assert fast_decode.can_fold(dec, 4)
+        plain = dec.project(a)
+        folded = fast_decode.fold(dec, a, plain)
+        assert torch.equal(folded.projected, plain)
         assert folded.per_location.shape == (3, 4, 4 * 7 + (6 if deep_output else 0))
         state = dec.init_state(a).repeat(2)
         for _ in range(3):  # a few steps, so coverage and the state carry through
             logits, alpha, next_state = dec.step(words, state, a, plain)
-            logits_f, alpha_f, state_f = dec.step(words, state, a, folded)
-            assert torch.allclose(logits, logits_f) and torch.allclose(alpha, alpha_f)
-            assert all(torch.allclose(x, y) for x, y in zip(next_state, state_f, strict=True))
+            logits_f, alpha_f, state_f = fast_decode.folded_step(dec, words, state, a, folded, fast=True)
+            for got, want in zip((logits_f, alpha_f, *state_f), (logits, alpha, *next_state), strict=True):
+                torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)  # float64: rounding only
             state, words = next_state, logits.argmax(-1)
-    # No fold where it would not be exact or not cheaper, nor under autograd (training).
-    channel = Decoder(**kwargs, beta_gate="channel").eval()
-    with torch.no_grad():
-        assert fast_decode.project(channel, a.float()).shape == (3, 4, 5)
-        assert fast_decode.project(dec, torch.rand(1, 32, 16, dtype=torch.float64)).shape == (1, 32, 5)
-    assert fast_decode.project(dec, a).shape == (3, 4, 5)
+        # No fold where it would not be exact or not cheaper.
+        assert not fast_decode.can_fold(Decoder(**kwargs, beta_gate="channel").eval(), 4)
+        assert not fast_decode.can_fold(dec, 32)  # L >= D
+        assert not fast_decode.can_fold(dec.train(), 4)  # the written-out step has no dropout
+    assert not fast_decode.can_fold(dec.eval(), 4)  # nor under autograd (training)

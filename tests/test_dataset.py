@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
+from captioner.data.annotations import write_annotations
 from captioner.data.dataset import CaptionDataset, ImageDataset, collate_captions, collate_images
 from captioner.data.loaders import build_loaders
-from captioner.data.records import MANIFEST, ImageRecord, content_hash, write_annotations, write_json_atomic
+from captioner.data.records import MANIFEST, ImageRecord, content_hash, write_json_atomic
 from captioner.data.store import ImageStoreWriter
 from captioner.data.vocab import END_ID, PAD_ID, START_ID, Vocab
 from captioner.errors import ConfigError, DataError

@@ -1,7 +1,8 @@
-"""Layers point one way: no module imports from a layer above its own (an AST check of every import).
+"""Layers point one way: no module imports from a layer above its own, and no modules import each other
+in a circle (an AST check of every import).
 
 A small AST walk rather than import-linter: it needs no extra dependency, sees imports inside
-functions too (we import lazily in many places), and names each offending file:line.
+functions too (we import lazily in many places), and names each offending file:line or cycle.
 """
 
 from __future__ import annotations
@@ -156,5 +157,88 @@ def test_the_check_reports_an_upward_import_by_file_and_line(tmp_path):
     ]
 
 
-def test_inference_grab_bag_is_gone():
-    assert not (SRC / "captioner" / "inference.py").exists()
+def imported_modules(path: Path, module: str, known: set[str]) -> set[str]:
+    """The modules of ``known`` that ``path`` imports: ``from p import x`` names p.x when that is a
+    module (a submodule import), else p; ``import a.b.c`` names the longest known prefix."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+
+    def known_prefix(name: str) -> str | None:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {known_prefix(alias.name) for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                name = f"{base}.{node.module}" if node.module else base
+            else:
+                name = node.module or ""
+            found |= {known_prefix(f"{name}.{alias.name}") for alias in node.names}
+    return found - {None, module}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every set of modules that import each other in a circle (Tarjan's strongly connected components)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if nxt not in index:
+                visit(nxt)
+                low[node] = min(low[node], low[nxt])
+            elif nxt in stack:
+                low[node] = min(low[node], index[nxt])
+        if low[node] == index[node]:
+            component = stack[stack.index(node) :]
+            del stack[stack.index(node) :]
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return found
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Which of our modules (under src/) each of them imports, at module level or inside a function."""
+    files = {module_name(path): path for path in sorted(SRC.rglob("*.py"))}
+    return {module: imported_modules(path, module, set(files)) for module, path in files.items()}
+
+
+def test_no_import_cycles():
+    found = cycles(import_graph())
+    assert not found, "modules importing each other in a circle:\n" + "\n".join(
+        " <-> ".join(c) for c in found
+    )
+
+
+def test_the_check_finds_a_cycle_through_a_lazy_submodule_import(tmp_path):
+    # What attention.py once did: import fast_decode, which imports decoder, which imports attention.
+    files = {
+        "captioner.model.attention": "from captioner.model.fast_decode import grouped_attention\n",
+        "captioner.model.fast_decode": "def f():\n    from captioner.model import decoder\n",
+        "captioner.model.decoder": "from .attention import SoftAttention\n",
+        "captioner.model.state": "import torch\n",
+    }
+    graph = {}
+    for module, text in files.items():
+        path = tmp_path / f"{module}.py"
+        path.write_text(text)
+        graph[module] = imported_modules(path, module, set(files))
+    assert graph["captioner.model.state"] == set()
+    assert cycles(graph) == [
+        ["captioner.model.attention", "captioner.model.decoder", "captioner.model.fast_decode"]
+    ]
+    graph["captioner.model.decoder"] = {"captioner.model.state"}
+    assert cycles(graph) == []

@@ -1,8 +1,9 @@
-"""The annotations of a prepared folder as one in-memory index, parsed once per process.
+"""The annotations of a prepared folder: written, and read as one in-memory index parsed once per process.
 
-:func:`load_annotations` turns ``annotations.json`` (format: :mod:`captioner.data.records`) into
-:class:`Annotations`, flat numpy arrays that forked DataLoader workers share, and keeps the arrays in a
-sidecar (``.annotations.index.npz``) so that later starts skip the JSON parse.
+:func:`write_annotations` writes ``annotations.json`` (format: :mod:`captioner.data.records`);
+:func:`load_annotations` turns it into :class:`Annotations`, flat numpy arrays that forked DataLoader
+workers share, and keeps the arrays in a sidecar (``.annotations.index.npz``, also written by
+:func:`write_annotations`) so that later starts skip the JSON parse.
 """
 
 from __future__ import annotations
@@ -227,6 +228,25 @@ def read_annotations(root: str | Path) -> list[ImageRecord]:
     return list(load_annotations(root).values())
 
 
-def write_index(path: Path, records: Sequence[ImageRecord]) -> None:
-    """Write the array sidecar of the annotations file ``path`` just written from ``records``."""
-    _save_index(path, _stamp(path), Annotations([vars(r) for r in records]))
+def _record_json(r: ImageRecord) -> str:
+    # Field by field rather than dataclasses.asdict, which deep-copies every caption and token list.
+    obj = {
+        "id": r.id,
+        "split": r.split,
+        "file": r.file,
+        "captions": r.captions,
+        "tokens": r.tokens,
+        "meta": r.meta,
+    }
+    return json.dumps(obj)
+
+
+def write_annotations(root: str | Path, records: Sequence[ImageRecord]) -> None:
+    """Write ``annotations.json`` atomically, one record at a time (byte-identical to one json.dumps)."""
+    with open_atomic(Path(root) / ANNOTATIONS) as f:
+        f.write(b'{"images": [')
+        for k, r in enumerate(records):
+            f.write(((", " if k else "") + _record_json(r)).encode())
+        f.write(b"]}")
+    path = Path(root) / ANNOTATIONS
+    _save_index(path, _stamp(path), Annotations([vars(r) for r in records]))  # later starts skip the parse

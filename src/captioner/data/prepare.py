@@ -22,6 +22,7 @@ from typing import Any
 
 from PIL import Image
 
+from captioner.data.annotations import write_annotations
 from captioner.data.formats import PARSERS, RawCaption, parse
 from captioner.data.records import (
     FORMAT_VERSION,
@@ -31,7 +32,6 @@ from captioner.data.records import (
     SPLITS,
     ImageRecord,
     content_hash,
-    write_annotations,
     write_json_atomic,
 )
 from captioner.data.store import ImageStoreWriter

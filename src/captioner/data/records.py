@@ -3,8 +3,8 @@
 A prepared dataset is one folder::
 
     manifest.json      written LAST (atomically): its presence means the folder is complete
-    annotations.json   {"images": [ImageRecord, ...]}; read once per process into
-                       :class:`captioner.data.annotations.Annotations`
+    annotations.json   {"images": [ImageRecord, ...]}; written and read once per process into
+                       :class:`captioner.data.annotations.Annotations` by that module
     .annotations.index.npz  the same as arrays, written with it, so a start skips the JSON parse
     vocab.json         {"itos": [...]}  built from the train split only
     images.bin         image mode only: concatenated JPEG bytes (resized, shorter side 256 default)
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,33 +72,6 @@ def content_hash(records: list[ImageRecord]) -> str:
     for r in sorted(records, key=lambda r: r.id):
         h.update(json.dumps([r.id, r.split, r.tokens]).encode())
     return h.hexdigest()
-
-
-def _record_json(r: ImageRecord) -> str:
-    # Field by field rather than dataclasses.asdict, which deep-copies every caption and token list.
-    obj = {
-        "id": r.id,
-        "split": r.split,
-        "file": r.file,
-        "captions": r.captions,
-        "tokens": r.tokens,
-        "meta": r.meta,
-    }
-    return json.dumps(obj)
-
-
-def write_annotations(root: str | Path, records: Sequence[ImageRecord]) -> None:
-    """Write ``annotations.json`` atomically, one record at a time (byte-identical to one json.dumps)."""
-    with open_atomic(Path(root) / ANNOTATIONS) as f:
-        f.write(b'{"images": [')
-        for k, r in enumerate(records):
-            f.write(((", " if k else "") + _record_json(r)).encode())
-        f.write(b"]}")
-    path = Path(root) / ANNOTATIONS
-    # Imported here: captioner.data.annotations (the in-memory index) imports this module.
-    from captioner.data.annotations import write_index
-
-    write_index(path, records)  # later starts skip the parse
 
 
 def read_manifest(root: str | Path) -> dict:

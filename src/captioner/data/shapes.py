@@ -19,13 +19,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from captioner.data.annotations import write_annotations
 from captioner.data.records import (
     FORMAT_VERSION,
     MANIFEST,
     VOCAB,
     ImageRecord,
     content_hash,
-    write_annotations,
     write_json_atomic,
 )
 from captioner.data.shapes_language import COLORS, SHAPES, SIZES, draw_captions

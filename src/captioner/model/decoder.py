@@ -12,8 +12,9 @@ One step (``Decoder.step``) over the annotations a_i (B,L,D), in the paper's ter
     c_t = f * c_{t-1} + i * g,  h_t = o * tanh(c_t)                                Eq. 2-3
     p(y_t | a, y_<t) ~ exp(L_o(E y_{t-1} + L_h h_t + L_z z_t))                     Eq. 7      ``output``
 
-with h_0, c_0 = tanh MLPs of the mean annotation (``init_state``). Decoding several rows per image
-(beams, samples) takes numerically equivalent faster forms of the same step: ``fast_decode``.
+with h_0, c_0 = tanh MLPs of the mean annotation (``init_state``). Beams and samples at inference may
+ask for Eq. 4 in a faster form (``fast=True``, the same alpha up to rounding); beam search's folded
+step (``fast_decode``) reuses these pieces.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from torch import Tensor, nn
 from captioner.errors import DataError, require
 from captioner.model.attention import SoftAttention
 from captioner.model.embeddings import load_glove
-from captioner.model.fast_decode import Folded, folded_step
 from captioner.model.hard_attention import Locations, select_locations
 from captioner.model.state import DecoderState, group_size
 
@@ -247,17 +247,23 @@ class Decoder(nn.Module):
         return DecoderState(h.contiguous(), c.contiguous(), coverage)
 
     def step(
-        self, words: Tensor, state: DecoderState, annotations: Tensor, projected: Tensor | Folded
+        self,
+        words: Tensor,
+        state: DecoderState,
+        annotations: Tensor,
+        projected: Tensor,
+        *,
+        fast: bool = False,
     ) -> tuple[Tensor, Tensor, DecoderState]:
         """One time step: previous words (B*n,) -> next-word logits (B*n,V), alpha (B*n,L), new state.
 
-        ``annotations``/``projected`` have one row per image (B); words and state have n consecutive
-        rows per image (beams or samples; n=1 in training), which share that image's annotations.
-        ``projected`` is ``project(annotations)``, or ``fast_decode.project``'s fold of it (inference).
+        ``annotations``/``projected`` (= ``project(annotations)``) have one row per image (B); words and
+        state have n consecutive rows per image (beams or samples; n=1 in training), which share that
+        image's annotations. ``fast`` (inference): the attention's faster Eq. 4, equal up to rounding.
         Hard attention samples its location in training mode and uses ``hard_inference`` in eval mode;
         alpha is then the one-hot of the location looked at (or the expectation's weights).
         """
-        logits, alpha, state, _ = self.step_locations(words, state, annotations, projected)
+        logits, alpha, state, _ = self.step_locations(words, state, annotations, projected, fast=fast)
         return logits, alpha, state
 
     def hard_mode(self) -> str:
@@ -269,17 +275,17 @@ class Decoder(nn.Module):
         words: Tensor,
         state: DecoderState,
         annotations: Tensor,
-        projected: Tensor | Folded,
+        projected: Tensor,
         how: str | None = None,
+        *,
+        fast: bool = False,
     ) -> tuple[Tensor, Tensor, DecoderState, Locations | None]:
         """``step`` plus hard attention's chosen location (None with soft attention or the expectation).
 
         ``how`` (hard only): ``sample`` | ``argmax`` | ``expectation``; None = ``hard_mode()``.
         """
-        if isinstance(projected, Folded):  # beams at inference: the same step in fewer FLOPs
-            return folded_step(self, words, state, annotations, projected, how)
         emb = self.embed(words)  # E y_{t-1}
-        context, alpha = self.attend(annotations, projected, state, emb)  # Eq. 4-6
+        context, alpha = self.attend(annotations, projected, state, emb, fast=fast)  # Eq. 4-6
         alpha, locations = self.locate(alpha, how)
         if locations is not None:  # hard, Eq. 8-9: z_t = a_s, the annotation the one-hot alpha picks
             n = group_size(alpha.shape[0], annotations.shape[0])
@@ -289,21 +295,23 @@ class Decoder(nn.Module):
             context = beta * context
         # Eq. 1-3: one LSTM step on [E y_{t-1}; z_t] from (h_{t-1}, c_{t-1}).
         out, (h, c) = self.lstm(torch.cat([emb, context], dim=-1).unsqueeze(0), (state.h, state.c))
-        logits = self.output(emb, out.squeeze(0), context)  # Eq. 7
+        logits = self.output(emb, out.squeeze(0), self.L_z(context) if self.deep_output else None)  # Eq. 7
         return logits, alpha, DecoderState(h, c, self.cover(state, alpha)), locations
 
     def attend(
-        self, annotations: Tensor, projected: Tensor, state: DecoderState, emb: Tensor
+        self, annotations: Tensor, projected: Tensor, state: DecoderState, emb: Tensor, *, fast: bool = False
     ) -> tuple[Tensor, Tensor]:
         """Context z_t (B*n,D) and alpha (B*n,L) for ``self.context``; soft: f_att reads h_{t-1} (Eq. 4-6),
         with ``attend_word`` also E y_{t-1} (``emb``), with ``coverage`` also the summed past alphas.
 
         ``state`` has n consecutive rows per image of ``annotations`` (B,L,D); n=1 in training.
+        ``fast``: the attention's faster Eq. 4 (inference only; the controls never attend).
         """
         hidden = state.h[-1]  # the top layer's h_{t-1}
         if self.context == "soft":
             coverage = None if state.coverage is None else state.coverage[0]
-            return self.attention(annotations, projected, hidden, emb if self.attend_word else None, coverage)
+            word = emb if self.attend_word else None
+            return self.attention(annotations, projected, hidden, word, coverage, fast=fast)
         rows, num_locations = hidden.shape[0], annotations.shape[1]
         alpha = annotations.new_full((rows, num_locations), 1.0 / num_locations)
         if self.context == "mean":
@@ -331,10 +339,13 @@ class Decoder(nn.Module):
         """The next state's coverage: past attention plus alpha_t, (1,B*n,L); None without coverage."""
         return None if state.coverage is None else (state.coverage[0] + alpha).unsqueeze(0)
 
-    def output(self, emb: Tensor, h_t: Tensor, context: Tensor) -> Tensor:
-        """Next-word logits (B*n,V): deep output L_o(E y_{t-1} + L_h h_t + L_z z_t) (Eq. 7), or L_o h_t."""
+    def output(self, emb: Tensor, h_t: Tensor, l_z: Tensor | None) -> Tensor:
+        """Next-word logits (B*n,V): deep output L_o(E y_{t-1} + L_h h_t + L_z z_t) (Eq. 7), or L_o h_t.
+
+        ``l_z`` is L_z z_t (None without deep output); beam search's fold forms it from per-image terms.
+        """
         if self.deep_output:
-            return self.L_o(self.dropout(emb + self.L_h(h_t) + self.L_z(context)))
+            return self.L_o(self.dropout(emb + self.L_h(h_t) + l_z))
         return self.L_o(self.dropout(h_t))
 
     def forward(self, annotations: Tensor, captions: Tensor, teacher_forcing: float = 1.0) -> DecoderOutput:

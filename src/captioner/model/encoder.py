@@ -1,8 +1,10 @@
-"""CNN encoder: a torchvision ImageNet classifier with its head cut off, giving annotation vectors."""
+"""CNN encoder: a torchvision ImageNet classifier with its head cut off, giving annotation vectors.
+
+This module cuts the trunk and splits it into a frozen prefix and a trainable tail; which ImageNet
+weights each arch loads, and their file, is :mod:`captioner.runtime.hub_weights`.
+"""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -10,81 +12,14 @@ from torch import Tensor, nn
 from torchvision import models
 from torchvision.models.feature_extraction import create_feature_extractor
 
-from captioner.errors import ConfigError, DataError, require
-from captioner.runtime.hub_weights import missing_weights_message
-
-# The torchvision zoo the seed project supports (its README list, same names as torchvision).
-ARCHS = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-    "squeezenet1_0",
-    "squeezenet1_1",
-    "densenet121",
-    "densenet169",
-    "densenet201",
-    "densenet161",
-    "shufflenet_v2_x0_5",
-    "shufflenet_v2_x1_0",
-    "shufflenet_v2_x1_5",
-    "shufflenet_v2_x2_0",
-    "mobilenet_v2",
-    "mobilenet_v3_large",
-    "mobilenet_v3_small",
-    "mnasnet0_5",
-    "mnasnet0_75",
-    "mnasnet1_0",
-    "mnasnet1_3",
-)
-
-# Pinned weights where DEFAULT is not the file we ship offline: ../shared/weights holds
-# mobilenet_v2-b0353104.pth (IMAGENET1K_V1), while torchvision's DEFAULT is V2 (another file).
-PINNED_WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}
+from captioner.errors import ConfigError, require
+from captioner.runtime.hub_weights import ARCHS, ensure_weights, pretrained_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Trailing classifier-head modules dropped from families without a `features`/`layers` trunk.
 _HEAD_TYPES = (nn.Linear, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Flatten)
-
-
-def pretrained_weights(arch: str) -> models.WeightsEnum:
-    """The torchvision weights entry `pretrained=true` loads for ``arch`` (ConfigError if none)."""
-    require(arch in ARCHS, f"encoder.arch={arch!r} is unknown; valid: {', '.join(ARCHS)}")
-    try:
-        enum = models.get_model_weights(arch)
-    except ValueError:
-        enum = None
-    name = PINNED_WEIGHTS.get(arch, "DEFAULT")
-    require(
-        enum is not None and hasattr(enum, name),
-        f"encoder.arch={arch} has no pretrained ImageNet weights in this torchvision; "
-        "set encoder.pretrained=false or pick another arch",
-    )
-    return getattr(enum, name)
-
-
-def ensure_weights(arch: str) -> None:
-    """Make sure ``arch``'s ImageNet weights file is in the torch hub cache (download it if we can).
-
-    Called before any data is generated, so an offline machine learns of a missing file in seconds.
-    """
-    weights = pretrained_weights(arch)
-    file = weights.url.rsplit("/", 1)[-1]
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
-    if (folder / file).exists():
-        return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(weights.url, str(folder / file), progress=False)
-    except OSError as err:  # urllib.error.URLError and socket errors are OSErrors
-        raise DataError(missing_weights_message(arch, file, folder, type(err).__name__)) from None
 
 
 def load_classifier(arch: str, pretrained: bool) -> nn.Module:

@@ -1,11 +1,12 @@
-"""torchvision's ImageNet weight files in the torch hub cache, looked up without importing torch.
+"""The encoders' ImageNet weights: which torchvision entry each arch loads, and its file in the hub cache.
 
-Importing torch and torchvision takes ~5 s of CPU on the 2-core machine (torchvision's ops import
-torch._dynamo), so an offline `python train.py encoder=shufflenet` learned of a missing weights file
-only after ~8 s. The entry point now asks here first (`captioner.cli.check_offline_weights`), before
-those imports. The authority stays torchvision's weights enum (`captioner.model.encoder.ensure_weights`,
-which runs again later); this table only lets a missing file be reported early, and
-`tests/test_hub_weights.py` checks it against the installed torchvision.
+The authority is torchvision's weights enum (``pretrained_weights``); ``ensure_weights`` puts its file
+in the torch hub cache (or fails in one line) before any data is generated. Importing torch and
+torchvision takes ~5 s of CPU on the 2-core machine (torchvision's ops import torch._dynamo), so an
+offline `python train.py encoder=shufflenet` learned of a missing weights file only after ~8 s: the
+entry point first asks ``unreachable_weights`` (`captioner.cli.check_offline_weights`), which reads
+the file table below and imports neither; `tests/test_hub_weights.py` checks the table against the
+installed torchvision. This module imports torch and torchvision only inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -14,11 +15,18 @@ import os
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from captioner.errors import DataError, require
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 DOWNLOAD_URL = "https://download.pytorch.org/models/"
 
-# The file `ensure_weights` needs per arch: the weights entry `captioner.model.encoder.pretrained_weights`
-# picks (its PINNED_WEIGHTS name, else DEFAULT) in torchvision 0.29.
+# The torchvision zoo the seed project supports (its README list, same names as torchvision), each with
+# the file `ensure_weights` needs: the weights entry `pretrained_weights` picks (its PINNED_WEIGHTS
+# name, else DEFAULT) in torchvision 0.29.
 WEIGHT_FILES = {
     "resnet18": "resnet18-f37072fd.pth",
     "resnet34": "resnet34-b627a593.pth",
@@ -47,6 +55,11 @@ WEIGHT_FILES = {
     "mnasnet1_0": "mnasnet1.0_top1_73.512-f206786ef8.pth",
     "mnasnet1_3": "mnasnet1_3-a4c69d6f.pth",
 }
+ARCHS = tuple(WEIGHT_FILES)
+
+# Pinned weights where DEFAULT is not the file we ship offline: ../shared/weights holds
+# mobilenet_v2-b0353104.pth (IMAGENET1K_V1), while torchvision's DEFAULT is V2 (another file).
+PINNED_WEIGHTS = {"mobilenet_v2": "IMAGENET1K_V1"}
 
 
 def hub_checkpoints_dir() -> Path:
@@ -88,3 +101,40 @@ def unreachable_weights(arch: str, timeout: float = 3.0) -> str | None:
     except OSError as err:  # URLError, DNS and socket errors, timeouts
         return missing_weights_message(arch, file, folder, type(err).__name__)
     return None
+
+
+def pretrained_weights(arch: str) -> WeightsEnum:
+    """The torchvision weights entry `pretrained=true` loads for ``arch`` (ConfigError if none)."""
+    from torchvision import models
+
+    require(arch in ARCHS, f"encoder.arch={arch!r} is unknown; valid: {', '.join(ARCHS)}")
+    try:
+        enum = models.get_model_weights(arch)
+    except ValueError:
+        enum = None
+    name = PINNED_WEIGHTS.get(arch, "DEFAULT")
+    require(
+        enum is not None and hasattr(enum, name),
+        f"encoder.arch={arch} has no pretrained ImageNet weights in this torchvision; "
+        "set encoder.pretrained=false or pick another arch",
+    )
+    return getattr(enum, name)
+
+
+def ensure_weights(arch: str) -> None:
+    """Make sure ``arch``'s ImageNet weights file is in the torch hub cache (download it if we can).
+
+    Called before any data is generated, so an offline machine learns of a missing file in seconds.
+    """
+    import torch
+
+    weights = pretrained_weights(arch)
+    file = weights.url.rsplit("/", 1)[-1]
+    folder = Path(torch.hub.get_dir()) / "checkpoints"  # torch's, so torch.hub.set_dir applies too
+    if (folder / file).exists():
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(weights.url, str(folder / file), progress=False)
+    except OSError as err:  # urllib.error.URLError and socket errors are OSErrors
+        raise DataError(missing_weights_message(arch, file, folder, type(err).__name__)) from None

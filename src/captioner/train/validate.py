@@ -10,8 +10,8 @@ from captioner.metrics.text import METRICS
 from captioner.model.build import plain
 from captioner.model.captioner import Captioner
 from captioner.model.decoder import Decoder
-from captioner.model.encoder import ARCHS, ensure_weights
 from captioner.progress import log_line
+from captioner.runtime.hub_weights import ARCHS, ensure_weights
 from captioner.train.optim import build_optimizer
 from captioner.train.schedulers import build_scheduler
 from captioner.train.teacher_forcing import build_schedule
