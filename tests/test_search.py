@@ -58,6 +58,7 @@ def test_search_prunes_trials_and_records_them_as_pruned(tmp_path: Path) -> None
             "hydra.sweeper.n_trials=2",
             "hydra/sweeper/pruner=threshold",
             "hydra.sweeper.pruner.lower=2.0",
+            "hydra.sweeper.pruner.n_warmup_steps=0",
         ),
         cwd=REPO,
         env=ENV,
