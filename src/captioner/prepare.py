@@ -8,12 +8,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from captioner.cli import CONF_DIR, check_conf_dir
 from captioner.config import register
 from captioner.data.prepare import prepare_dataset
 from captioner.data.records import read_manifest
 from captioner.errors import CaptionerError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repo's conf/ (package installed editable)
 register()  # the structured schemas the YAML defaults lists name (base_paths, ...)
 
 
@@ -43,13 +43,19 @@ def run(cfg: DictConfig) -> Path:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def prepare_main(cfg: DictConfig) -> None:
     """Hydra main: a user's mistake prints one line and exits 2, not a traceback."""
     try:
         run(cfg)
     except CaptionerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """Console entry (``captioner-prepare``, ``python -m captioner.prepare``)."""
+    check_conf_dir()
+    prepare_main()
 
 
 if __name__ == "__main__":
