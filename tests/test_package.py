@@ -115,3 +115,9 @@ def test_installed_wheel_composes_trains_evaluates_and_captions_from_any_folder(
     Image.new("RGB", (128, 128), "red").save(elsewhere / "red.png")
     caption = [bin_dir / "captioner-caption", "checkpoint=run/best.pt", "images=red.png", "figures=false"]
     assert ok(run(caption, elsewhere)).stdout.startswith("red.png: ")
+
+    # ../shared is relative to the launch folder: one line naming the key to set, not a traceback.
+    prepare = run([bin_dir / "captioner-prepare", "data=flickr8k"], elsewhere)
+    assert prepare.returncode == 2 and len(prepare.stderr.strip().splitlines()) == 1, prepare.stderr
+    assert prepare.stderr.startswith("error: data.prepare.annotations=../shared/data/flickr8k not found")
+    assert "set paths.shared (now ../shared)" in prepare.stderr
