@@ -18,6 +18,23 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"  # CI clones the repo with ../shared beside it
 
 
+# One epoch on 40 shapes images with a small frozen encoder, no MLflow: the smallest real training.
+TINY_TRAINING = (
+    "data=shapes_smoke",
+    "trainer=smoke",
+    "trainer.epochs=1",
+    "trainer.figures=0",
+    "logger=none",
+    "encoder=mobilenet_v3_small",
+    "encoder.pretrained=false",
+    "decoder=small",
+    "data.prepare.n_train=40",
+    "data.prepare.n_val=8",
+    "data.prepare.n_test=8",
+    "data.prepare.n_test_novel=8",
+)
+
+
 @dataclass
 class TinyRun:
     """A trained checkpoint; ``cwd`` is the folder it was trained from (its config's paths are relative to it)."""
@@ -44,24 +61,7 @@ def run_script(script: str, *overrides: str, cwd: Path, check: bool = True) -> s
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> TinyRun:
     """Train 1 epoch on 40 shapes images with relative paths (as a user would), ~15 s on one core."""
     cwd = tmp_path_factory.mktemp("tiny_run")
-    run_script(
-        "train.py",
-        "data=shapes_smoke",
-        "trainer=smoke",
-        "trainer.epochs=1",
-        "trainer.figures=0",
-        "logger=none",
-        "encoder=mobilenet_v3_small",
-        "encoder.pretrained=false",
-        "decoder=small",
-        "data.prepare.n_train=40",
-        "data.prepare.n_val=8",
-        "data.prepare.n_test=8",
-        "data.prepare.n_test_novel=8",
-        "paths.data_dir=data",
-        "hydra.run.dir=run",
-        cwd=cwd,
-    )
+    run_script("train.py", *TINY_TRAINING, "paths.data_dir=data", "hydra.run.dir=run", cwd=cwd)
     return TinyRun(cwd, cwd / "run" / "best.pt", cwd / "data" / "shapes_smoke")
 
 

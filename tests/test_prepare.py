@@ -24,7 +24,7 @@ from captioner.data.records import MANIFEST, read_manifest
 from captioner.data.store import ImageStore
 from captioner.data.vocab import Vocab
 from captioner.errors import ConfigError, DataError
-from captioner.prepare import CONF_DIR, run
+from captioner.prepare import CONF_DIR, check_inputs, run
 
 REPO = Path(__file__).resolve().parents[1]
 FLICKR8K = REPO.parent / "shared" / "data" / "flickr8k"
@@ -421,6 +421,30 @@ def test_cli_prints_a_summary_or_one_error_line(tiny, capsys):
     bad = subprocess.run(command, capture_output=True, text=True, cwd=tiny.root)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "image_root=nowhere" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        (["data=flickr8k"], r"annotations=\.\./shared/data/flickr8k not found from the launch folder "),
+        (["data=flickr8k"], r"; set paths\.shared \(now \.\./shared\) or data\.prepare\.annotations to"),
+        (
+            ["data=coco", "paths.data_dir=/no"],
+            r"; set paths\.data_dir \(now /no\) or data\.prepare\.annotations",
+        ),
+        (
+            ["data=jsonl", "data.prepare.annotations=x.jsonl"],
+            r"; set data\.prepare\.annotations to an absolute",
+        ),
+    ],
+)
+def test_missing_inputs_name_the_key_to_set(overrides, match, tmp_path, monkeypatch):
+    # Relative defaults (paths.shared: ../shared) start at the launch folder, which an installed user picks.
+    monkeypatch.chdir(tmp_path)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("prepare", overrides)
+    with pytest.raises(DataError, match=match):
+        check_inputs(cfg)
 
 
 # --- download: checksum and resume, without a network --------------------------------------------------

@@ -1,15 +1,44 @@
-"""Shared entry-point behaviour: one-line errors for users' mistakes, checked group choices."""
+"""Shared entry-point behaviour: where the configs are, one-line errors for users' mistakes, checked group choices."""
 
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from captioner.errors import CaptionerError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def find_conf_dir() -> Path:
+    """The Hydra config folder, the one place that decides it: an installed wheel's own copy
+    (``captioner/conf``, where setup.py also puts the sweep groups), else the checkout's ``conf/``
+    (editable install or ``PYTHONPATH=src``; sweeps/ comes in by ``hydra.searchpath``, from the repo root)."""
+    packaged = PACKAGE_DIR / "conf"
+    return packaged if (packaged / "config.yaml").is_file() else PACKAGE_DIR.parents[1] / "conf"
+
+
+CONF_DIR = find_conf_dir()
+if CONF_DIR.parent == PACKAGE_DIR:
+    # Installed, the sweep groups are inside CONF_DIR; the checkout's cwd-relative `file://sweeps` search
+    # path finds nothing in most folders, and Hydra would warn about that on every command.
+    warnings.filterwarnings(
+        "ignore", message="provider=hydra.searchpath in main, path=sweeps is not available"
+    )
+
+
+def check_conf_dir() -> None:
+    """Exit with one line when there are no configs to compose (a package built without setup.py's hook)."""
+    if not (CONF_DIR / "config.yaml").is_file():
+        print(
+            f"error: no Hydra configs in {PACKAGE_DIR / 'conf'} or {CONF_DIR}; "
+            "reinstall captioner from its repository (pip install <repo>: setup.py packs conf/ into the wheel)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
 
 
 def check_group_choices(argv: Sequence[str], conf_dir: Path = CONF_DIR) -> str | None:
@@ -130,7 +159,9 @@ def check_value_overrides(argv: Sequence[str]) -> str | None:
 
 
 def precheck(argv: Sequence[str] | None = None) -> None:
-    """Exit with one line when an override names an unknown group choice, an unknown key or a bad value."""
+    """Exit with one line when there are no configs, or an override names an unknown group choice, an
+    unknown key or a bad value."""
+    check_conf_dir()
     argv = sys.argv[1:] if argv is None else argv
     message = check_group_choices(argv) or check_value_overrides(argv)
     if message:

@@ -8,12 +8,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from captioner.cli import CONF_DIR, check_conf_dir
 from captioner.config import register
 from captioner.data.prepare import prepare_dataset
 from captioner.data.records import read_manifest
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, DataError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"  # the repo's conf/ (package installed editable)
 register()  # the structured schemas the YAML defaults lists name (base_paths, ...)
 
 
@@ -34,8 +34,28 @@ def summary(manifest: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def check_inputs(cfg: DictConfig) -> None:
+    """A one-line error naming the key to set when ``data.prepare`` points at annotations or splits that do
+    not exist: relative paths (``paths.shared: ../shared``) start at the launch folder, wherever that is."""
+    raw = OmegaConf.to_container(cfg.data.prepare, resolve=False)
+    for key in (
+        "annotations",
+        "splits",
+    ):  # image_root may be absent on purpose (images=false, on_missing=skip)
+        value = cfg.data.prepare.get(key)
+        if value is None or Path(value).exists():
+            continue
+        via = [p for p in ("paths.shared", "paths.data_dir") if f"${{{p}}}" in str(raw.get(key))]
+        fix = f"set {via[0]} (now {OmegaConf.select(cfg, via[0])}) or " if via else "set "
+        raise DataError(
+            f"data.prepare.{key}={value} not found from the launch folder {Path.cwd()}; "
+            f"{fix}data.prepare.{key} to an absolute path"
+        )
+
+
 def run(cfg: DictConfig) -> Path:
     """Prepare the configured dataset and print its summary."""
+    check_inputs(cfg)
     kwargs = OmegaConf.to_container(cfg.data.prepare, resolve=True)
     out = prepare_dataset(out=cfg.data.root, **kwargs)
     print(summary(read_manifest(out), out))
@@ -43,13 +63,19 @@ def run(cfg: DictConfig) -> Path:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def prepare_main(cfg: DictConfig) -> None:
     """Hydra main: a user's mistake prints one line and exits 2, not a traceback."""
     try:
         run(cfg)
     except CaptionerError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def main() -> None:
+    """Console entry (``captioner-prepare``, ``python -m captioner.prepare``)."""
+    check_conf_dir()
+    prepare_main()
 
 
 if __name__ == "__main__":

@@ -48,8 +48,9 @@ def ensure_prepared(data_cfg: DictConfig, dist_info: DistInfo = SINGLE) -> Path:
                 )
         return root
     if data_cfg.prepare.format != "shapes":
+        where = root if root.is_absolute() else f"{root} under the launch folder {Path.cwd()}"
         raise DataError(
-            f"prepared data not found at {root}; run `python -m captioner.prepare data={data_cfg.name}` first"
+            f"prepared data not found at {where}; run `python -m captioner.prepare data={data_cfg.name}` first"
         )
     if dist_info.is_main:
         from captioner.data.prepare import prepare_dataset

@@ -107,12 +107,11 @@ def bleu(hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]) -
     """BLEU-1..4 as coco-caption computes it (closest reference length), keys ``bleu1..bleu4``."""
     hyps, refs = _prepare(hypotheses, references)
     # sacrebleu does the n-gram matching (clipped counts, closest ref length with ties to the shorter,
-    # like coco's option="closest"); variable reference counts are padded with None, which it skips.
-    n_streams = max(len(r) for r in refs)
-    streams = [[" ".join(r[k]) if k < len(r) else None for r in refs] for k in range(n_streams)]
-    scorer = BLEU(tokenize="none", smooth_method="none", force=True)
-    # _extract_corpus_statistics is sacrebleu's per-segment statistics API (used by its significance tests).
-    stats = np.asarray(scorer._extract_corpus_statistics([" ".join(h) for h in hyps], streams), dtype=float)
+    # like coco's option="closest"); its public sentence_score gives each caption's counts (effective_order
+    # changes only its own score, which we do not read, and keeps it from warning on every sentence).
+    scorer = BLEU(tokenize="none", smooth_method="none", force=True, effective_order=True)
+    scored = [scorer.sentence_score(" ".join(h), [" ".join(r) for r in rs]) for h, rs in zip(hyps, refs)]
+    stats = np.asarray([[s.sys_len, s.ref_len, *s.counts, *s.totals] for s in scored], dtype=float)
     testlen, reflen, correct, guess = stats[:, 0], stats[:, 1], stats[:, 2:6], stats[:, 6:10]
     corpus = _bleu_from_stats(correct.sum(0), guess.sum(0), testlen.sum(), reflen.sum()) * 100
     per = _bleu_from_stats(correct, guess, testlen, reflen) * 100
