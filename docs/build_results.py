@@ -1060,11 +1060,29 @@ def page(bench: Path, sweeps: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+README = Path("README.md")
+# The README's "Results in brief" holds the summary between these lines; everything else in it is prose.
+BEGIN, END = "<!-- results-summary:begin -->", "<!-- results-summary:end -->"
+
+
+def readme_with(summary_text: str, root: Path = ROOT) -> str | None:
+    """The README with the summary (less its header comment) between its markers; None without them."""
+    text = (root / README).read_text()
+    if BEGIN not in text or END not in text:
+        return None
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    body = summary_text.split("\n", 1)[1].strip("\n")
+    return f"{head}{BEGIN}\n{body}\n{END}{tail}"
+
+
 def render(
     bench: Path = ROOT / "bench" / "results", sweeps: Path = ROOT / "sweeps" / "results"
 ) -> dict[Path, str]:
-    """Both pages' text, by path relative to the repository root."""
-    return {PAGE: page(bench, sweeps), SUMMARY: summary(bench, sweeps)}
+    """Both pages' text and the README with its summary, by path relative to the repository root."""
+    pages = {PAGE: page(bench, sweeps), SUMMARY: summary(bench, sweeps)}
+    readme = readme_with(pages[SUMMARY])
+    return pages if readme is None else {**pages, README: readme}
 
 
 def stale(pages: dict[Path, str], root: Path = ROOT) -> list[Path]:
