@@ -55,7 +55,7 @@ def test_absent_benchmarks_name_the_command_that_writes_them(tmp_path: Path) -> 
     )
     (bench / "gpu.json").write_text(json.dumps({"rows": [{"step": "train", "captions_per_s": 1234.5}]}))
     sweeps.mkdir()
-    shutil.copy(REPO / "sweeps" / "results" / "3seeds" / "tf_scheduler_cpu.json"  # frozen: 3 seeds, sweeps)
+    shutil.copy(REPO / "sweeps" / "results" / "3seeds" / "tf_scheduler_cpu.json", sweeps)  # frozen: 3 seeds
 
     pages = build.render(bench, sweeps)
     page, summary = pages[build.PAGE], pages[build.SUMMARY]
