@@ -74,12 +74,15 @@ def resume_dir(resume: str) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def load_resume(resume: str) -> dict[str, Any]:
+def resume_checkpoint(resume: str) -> Path:
     """The checkpoint ``trainer.resume`` names: a checkpoint file, or a run folder's ``last.pt``."""
     path = Path(resume)
-    if path.is_dir():
-        path = path / "last.pt"
-    return ckpt.load_checkpoint(path)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def load_resume(resume: str) -> dict[str, Any]:
+    """Load the checkpoint ``trainer.resume`` names (:func:`resume_checkpoint`)."""
+    return ckpt.load_checkpoint(resume_checkpoint(resume))
 
 
 def check_resume_compatible(state: dict[str, Any], vocab: Vocab, cfg: DictConfig) -> None:
