@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from captioner.data.vocab import Vocab
-from captioner.errors import CheckpointError
+from captioner.errors import CheckpointError, DamagedCheckpointError
 from captioner.runtime import checkpoint as ckpt
 
 
@@ -81,8 +81,25 @@ def resume_checkpoint(resume: str) -> Path:
 
 
 def load_resume(resume: str) -> dict[str, Any]:
-    """Load the checkpoint ``trainer.resume`` names (:func:`resume_checkpoint`)."""
-    return ckpt.load_checkpoint(resume_checkpoint(resume))
+    """Load the checkpoint ``trainer.resume`` names (:func:`resume_checkpoint`); when it is damaged, the
+    error names the run's other checkpoint (last.pt <-> best.pt) if that one verifies."""
+    path = resume_checkpoint(resume)
+    try:
+        return ckpt.load_checkpoint(path)
+    except DamagedCheckpointError as err:
+        other = path.with_name("best.pt" if path.name == "last.pt" else "last.pt")
+        if not other.is_file() or not _intact(other):
+            raise
+        raise DamagedCheckpointError(
+            path, err.problem, f"{other} is intact: resume from it with trainer.resume={other}"
+        ) from err
+
+
+def _intact(path: Path) -> bool:
+    try:
+        return ckpt.verify_checkpoint(path)
+    except DamagedCheckpointError:
+        return False
 
 
 def check_resume_compatible(state: dict[str, Any], vocab: Vocab, cfg: DictConfig) -> None:
