@@ -65,6 +65,26 @@ def test_a_resume_writes_its_launch_files_inside_the_run(tmp_path: Path) -> None
     assert made == tmp_path / "runs" / "2026-01-02" / "09-00-00" and not (tmp_path / "typo").exists()
 
 
+def test_two_torchrun_launches_at_once_get_a_folder_each_shared_by_its_ranks(tmp_path: Path) -> None:
+    """torchrun starts a process per rank: one launch is one run, so its ranks share rank 0's folder."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO / "src")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    script = [str(REPO / "tests" / "run_dir_script.py"), str(tmp_path), "same"]
+    launches = [
+        subprocess.Popen([*cmd, *script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    folders = []
+    for launch in launches:
+        out, err = launch.communicate(timeout=300)
+        assert launch.returncode == 0, err[-3000:]
+        ranks = dict(line.split(": ", 1) for line in out.splitlines() if line.startswith("rank "))
+        assert sorted(ranks) == ["rank 0", "rank 1"] and ranks["rank 0"] == ranks["rank 1"], out
+        folders.append(ranks["rank 0"])
+    assert sorted(Path(f).name for f in folders) == ["same", "same-2"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["same", "same-2"]
+
+
 def test_the_default_run_dir_is_a_new_time_named_folder_per_launch(tmp_path: Path) -> None:
     register()
     folders = []

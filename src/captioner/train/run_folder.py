@@ -14,6 +14,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from captioner.runtime.distributed import same_on_every_rank
 from captioner.train.state import resume_checkpoint
 
 RESOLVER = "run_dir"
@@ -36,12 +37,16 @@ def new_folder(path: str | Path) -> Path:
 
 def run_dir(output_dir: str, stamp: str, resume: str | None = None) -> str:
     """A new ``<output_dir>/<stamp>`` folder; under ``trainer.resume``, a new ``<run>/resumed/<stamp>`` in
-    the run it continues (whose checkpoints it writes), so a resume leaves no stray top-level folder."""
+    the run it continues (whose checkpoints it writes), so a resume leaves no stray top-level folder.
+
+    Under torchrun, rank 0 creates it and every rank gets that one (one launch, one folder).
+    """
     checkpoint = resume_checkpoint(resume) if resume else None
     if checkpoint is not None and checkpoint.is_file():
-        return str(new_folder(checkpoint.parent / RESUMED / stamp))
-    # a fresh run, or a resume path that names no checkpoint (training stops at "checkpoint not found")
-    return str(new_folder(Path(output_dir) / stamp))
+        base = checkpoint.parent / RESUMED / stamp
+    else:  # a fresh run, or a resume path that names no checkpoint (training stops at "not found")
+        base = Path(output_dir) / stamp
+    return same_on_every_rank("run_dir", lambda: str(new_folder(base)))
 
 
 def register_resolver() -> None:
