@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import matplotlib.figure
@@ -52,8 +53,8 @@ def test_photo_gets_caption_and_one_attention_panel_per_word(
 ):
     loaded = load_captioner(tiny_run.checkpoint)
     decode = {"method": "beam", "k": 3, "n_best": 3, "max_len": 8}
-    done, failed = caption_files(loaded, [_photo()], decode, CPU, tmp_path)
-    assert failed == []
+    done, skipped = caption_files(loaded, [_photo()], decode, CPU, tmp_path)
+    assert skipped == []
     (c,) = done
     assert c.words and c.figure == tmp_path / f"{_photo().stem}.png" and c.figure.is_file()
     assert panel_counter == [1 + len(c.words)] and c.panels == len(c.words)
@@ -77,7 +78,7 @@ def test_bad_images_are_one_line_errors(tmp_path: Path):
     (tmp_path / "cut.png").write_bytes(good.read_bytes()[:60])
     (tmp_path / "readme.txt").write_text("not an image either\n")
     for name in ("notes.jpg", "cut.png", "readme.txt"):
-        with pytest.raises(DataError, match=rf"^{name}: cannot read image \(.*\); skipped$"):
+        with pytest.raises(DataError, match=rf"^{name}: cannot read image: \S.*$"):
             read_image(tmp_path / name)
     # Every file is a candidate: PIL, not the suffix, decides what is an image.
     assert [p.name for p in find_images(tmp_path)] == ["cut.png", "good.png", "notes.jpg", "readme.txt"]
@@ -123,13 +124,16 @@ def test_cli_mixed_folder_captions_every_format_pil_opens_and_names_the_rest(
     captioned = [*formats, "g_no_suffix"]
     result = json.loads((out / "captions.json").read_text())
     assert [c["file"] for c in result["captions"]] == captioned
-    assert [line.split(":", 1)[0] for line in result["failed"]] == ["notes.txt", "truncated.jpg"]
-    errors = proc.stderr.strip().splitlines()
-    assert [e.split(":")[1].strip() for e in errors] == ["notes.txt", "truncated.jpg"]
-    assert all("cannot read image" in e for e in errors)
+    assert [s["file"] for s in result["skipped"]] == ["notes.txt", "truncated.jpg"]
+    assert all(s["reason"].startswith("cannot read image: ") for s in result["skipped"])
+    # a file skipped is not an error: the run succeeds (status 0) and says "skipped", with the reason
+    lines = proc.stderr.strip().splitlines()
+    assert [line.split(" ")[1] for line in lines] == ["notes.txt", "truncated.jpg"]
+    assert all(re.fullmatch(r"skipped: \S+ \(cannot read image: .+\)", line) for line in lines), lines
+    assert "error" not in proc.stderr
     printed = [line.split(":", 1)[0] for line in proc.stdout.strip().splitlines()[:-1]]
     assert printed == captioned
-    assert proc.stdout.strip().splitlines()[-1].startswith("captioned 7, failed 2: notes.txt, truncated.jpg")
+    assert proc.stdout.strip().splitlines()[-1].startswith("captioned 7, skipped 2: notes.txt, truncated.jpg")
 
 
 def test_cli_folder_with_a_bad_image_captions_the_rest(tiny_run: TinyRun, tmp_path: Path):
@@ -146,15 +150,15 @@ def test_cli_folder_with_a_bad_image_captions_the_rest(tiny_run: TinyRun, tmp_pa
         "decode.max_len=8",
         cwd=tiny_run.cwd,
     )
-    (error,) = proc.stderr.strip().splitlines()
-    assert error.startswith("error: b_broken.jpg: cannot read image")
+    (skipped,) = proc.stderr.strip().splitlines()
+    assert skipped.startswith("skipped: b_broken.jpg (cannot read image: ")
     lines = proc.stdout.strip().splitlines()
     assert lines[0].startswith("a_shape.png: ")
-    assert lines[-1].startswith("captioned 1, failed 1: b_broken.jpg")
+    assert lines[-1].startswith("captioned 1, skipped 1: b_broken.jpg")
     result = json.loads((out / "captions.json").read_text())
     assert [c["file"] for c in result["captions"]] == ["a_shape.png"]
     assert result["captions"][0]["caption"] == lines[0].split(": ", 1)[1]
-    assert (out / "a_shape.png").is_file() and len(result["failed"]) == 1
+    assert (out / "a_shape.png").is_file() and len(result["skipped"]) == 1
 
     only_bad = tmp_path / "bad"
     only_bad.mkdir()
@@ -168,4 +172,5 @@ def test_cli_folder_with_a_bad_image_captions_the_rest(tiny_run: TinyRun, tmp_pa
         check=False,
     )
     assert proc.returncode == 2
-    assert "captioned 0, failed 1: x.png" in proc.stdout
+    assert "captioned 0, skipped 1: x.png" in proc.stdout
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: no image of images=")

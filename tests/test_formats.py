@@ -145,7 +145,7 @@ def test_coco_folder_default_splits_and_karpathy_splits(tmp_path):
         ("train2014/COCO_train2014_1.jpg", "train"),
         ("val2014/COCO_val2014_2.jpg", "val"),
     ]
-    assert any("no prepare.splits" in p for p in parsed.problems)
+    assert any("no data.prepare.splits" in p for p in parsed.problems)
     karpathy = {
         "images": [
             {"filepath": "val2014", "filename": "COCO_val2014_2.jpg", "split": "test", "sentences": []}
@@ -175,7 +175,7 @@ def test_jsonl_reads_entries_and_reports_line_numbers(tmp_path):
     assert [(c.file, c.split, c.caption) for c in parsed.captions] == [
         ("p/1.jpg", "train", "One ."),
         ("p/1.jpg", "train", "Uno ."),
-        ("p/2.jpg", "test", ""),
+        ("p/2.jpg", "test", None),
         ("p/3.jpg", None, "Three ."),
     ]
     assert parsed.captions[2].where.endswith("c.jsonl line 2")

@@ -115,7 +115,8 @@ def test_flickr8k_image_mode_prepares_the_photos_present(tmp_path):
     with pytest.raises(DataError) as err:
         prepare_dataset(tmp_path / "f8k_err", "flickr8k", annotations=FLICKR8K, image_root=photos)
     message = one_line(err)
-    assert "7986 of 8000 images are missing" in message and "on_missing=skip" in message
+    assert "7986 of 8000 images are missing" in message and "data.prepare.on_missing=skip" in message
+    assert "python -m captioner.data.download --help" in message
     assert not (tmp_path / "f8k_err" / MANIFEST).exists()
 
 
@@ -248,10 +249,30 @@ def test_missing_image_errors_with_count_or_is_skipped(tiny):
     with pytest.raises(DataError) as err:
         run_tiny(tiny)
     message = one_line(err)
-    assert "1 of 4 images are missing" in message and "d.jpg" in message and "on_missing=skip" in message
+    assert "1 of 4 images are missing" in message and "d.jpg" in message
+    assert "set data.prepare.on_missing=skip" in message
+    # a user's own JSONL: nothing to download, the image root is what to check
+    assert "captioner.data.download" not in message and "check that data.prepare.image_root" in message
     manifest = read_manifest(run_tiny(tiny, on_missing="skip"))
     assert manifest["missing"] == {"count": 1, "examples": ["d.jpg"]}
     assert manifest["splits"]["test"]["images"] == 0
+
+
+def test_missing_image_of_a_public_dataset_suggests_its_download(tiny):
+    (tiny.images / "d.jpg").unlink()
+    karpathy = {
+        "images": [
+            {"filename": r["image"], "split": r["split"], "sentences": [{"raw": c} for c in r["captions"]]}
+            for r in tiny.rows
+        ]
+    }
+    (tiny.root / "dataset_tiny.json").write_text(json.dumps(karpathy))
+    with pytest.raises(DataError) as err:
+        prepare_dataset(
+            tiny.out, "karpathy", annotations=tiny.root / "dataset_tiny.json", image_root=tiny.images
+        )
+    message = one_line(err)
+    assert "python -m captioner.data.download --help" in message and "data.prepare.on_missing=skip" in message
 
 
 def test_malformed_jsonl_and_token_line_name_file_and_line(tiny, tmp_path):
@@ -287,7 +308,7 @@ def test_image_over_the_pixel_limit_errors_or_is_skipped(tiny):
     with pytest.raises(DataError) as err:
         run_tiny(tiny, max_pixels=2000)
     message = one_line(err)
-    assert "a.jpg" in message and "60x40" in message and "prepare.max_pixels=2000" in message
+    assert "a.jpg" in message and "60x40" in message and "data.prepare.max_pixels=2000" in message
     manifest = read_manifest(run_tiny(tiny, max_pixels=2000, on_bad="skip"))
     assert manifest["skipped"]["too_large"] == {"count": 1, "examples": ["a.jpg"]}
     assert "a.jpg" not in ImageStore(tiny.out)
@@ -300,11 +321,22 @@ def test_empty_caption_errors_or_is_skipped(tiny):
     with pytest.raises(DataError) as err:
         run_tiny(tiny, rows)
     message = one_line(err)
-    assert "captions.jsonl line 1: empty caption" in message and "on_bad=skip" in message
+    assert "captions.jsonl line 1: empty caption" in message and "set data.prepare.on_bad=skip" in message
     manifest = read_manifest(run_tiny(tiny, rows, on_bad="skip"))
-    assert manifest["skipped"]["empty_caption"]["count"] == 2
-    assert manifest["skipped"]["no_valid_caption"] == {"count": 1, "examples": ["d.jpg"]}
+    assert manifest["skipped"]["empty_caption"]["count"] == 1
+    assert manifest["skipped"]["no_captions"]["examples"][0].endswith("captions.jsonl line 4")
+    assert "no_valid_caption" not in manifest["skipped"]  # d.jpg counted once, as what it is
     assert manifest["splits"]["train"]["captions"] == 8 and manifest["splits"]["test"]["images"] == 0
+
+
+def test_image_with_no_captions_is_named_as_such(tiny):
+    rows = [dict(r) for r in tiny.rows]
+    rows[3]["captions"] = []
+    with pytest.raises(DataError) as err:
+        run_tiny(tiny, rows)
+    message = one_line(err)
+    assert "captions.jsonl line 4: image d.jpg has no captions (an empty list)" in message
+    assert "empty caption" not in message and "set data.prepare.on_bad=skip" in message
 
 
 def test_interrupted_prepare_never_leaves_a_manifest(tiny, monkeypatch):
@@ -349,7 +381,7 @@ def test_interrupted_prepare_never_leaves_a_manifest(tiny, monkeypatch):
         ({"image_side": 0}, "image_side=0"),
         ({"workers": 0}, "workers=0"),
         ({"vocab_max_size": 3}, "vocab_max_size=3"),
-        ({"image_root": None}, "needs prepare.image_root"),
+        ({"image_root": None}, "needs data.prepare.image_root"),
         ({"imagesize": 3}, "unexpected keyword argument 'imagesize'"),
     ],
 )

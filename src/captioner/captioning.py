@@ -1,7 +1,7 @@
 """Caption image files with a loaded checkpoint: n-best captions, attention figures, captions.json.
 
-Used by caption.py. Every file PIL can decode is captioned; every other file gets one error line
-naming it, on stderr and in captions.json's ``failed`` list.
+Used by caption.py. Every file PIL can decode is captioned; every other file is skipped, with one
+line naming it and the reason, on stderr and in captions.json's ``skipped`` list.
 """
 
 from __future__ import annotations
@@ -37,6 +37,22 @@ class Captioned:
     panels: int = 0  # word panels drawn in the figure (one per word of the best caption)
 
 
+class UnreadableImage(DataError):
+    """A file PIL cannot decode as an image; ``reason`` says why."""
+
+    def __init__(self, path: Path, reason: str):
+        self.reason = reason
+        super().__init__(f"{path.name}: {reason}")
+
+
+@dataclass
+class Skipped:
+    """A file that was not captioned, and why (``cannot read image: ...``)."""
+
+    file: Path
+    reason: str
+
+
 def find_images(images: str | Path) -> list[Path]:
     """A file, or every file of a folder, sorted by name: whatever PIL cannot open is reported later, by name."""
     path = Path(images)
@@ -52,7 +68,7 @@ def find_images(images: str | Path) -> list[Path]:
 
 
 def read_image(path: Path) -> Image.Image:
-    """Decode an image fully as RGB, rotated upright by its EXIF tag; DataError when unreadable."""
+    """Decode an image fully as RGB, rotated upright by its EXIF tag; UnreadableImage when it cannot."""
     try:
         with Image.open(path) as im:
             im.load()  # decode now: truncated files fail here, not later
@@ -61,7 +77,7 @@ def read_image(path: Path) -> Image.Image:
         # PIL raises UnidentifiedImageError (an OSError) for non-images, OSError for truncated data.
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         reason = textwrap.shorten(reason, 120, placeholder=" ...")  # at a word boundary, not mid-word
-        raise DataError(f"{path.name}: cannot read image ({reason}); skipped") from None
+        raise UnreadableImage(path, f"cannot read image: {reason}") from None
 
 
 @torch.inference_mode()
@@ -90,16 +106,16 @@ def caption_files(
     device: torch.device,
     out_dir: Path | None = None,
     figure_size: int = 320,
-) -> tuple[list[Captioned], list[str]]:
-    """Caption each file (and write its attention figure into ``out_dir``); returns (captioned, error lines)."""
+) -> tuple[list[Captioned], list[Skipped]]:
+    """Caption each file (and write its attention figure into ``out_dir``); returns (captioned, skipped)."""
     check_decode(loaded, decode_cfg)
     done: list[Captioned] = []
-    failed: list[str] = []
+    skipped: list[Skipped] = []
     for path in files:
         try:
             image = read_image(path)
-        except DataError as err:
-            failed.append(str(err))
+        except UnreadableImage as err:
+            skipped.append(Skipped(path, err.reason))
             continue
         n_best, alphas, grid = caption_image(loaded, image, decode_cfg, device)
         words, score = n_best[0]
@@ -113,7 +129,7 @@ def caption_files(
             result.panels = len(words)
             _quantize_png(result.figure)
         done.append(result)
-    return done, failed
+    return done, skipped
 
 
 def _quantize_png(path: Path) -> None:
@@ -123,8 +139,8 @@ def _quantize_png(path: Path) -> None:
     small.save(path, optimize=True)
 
 
-def write_captions(out_dir: Path, done: Sequence[Captioned], failed: Sequence[str]) -> Path:
-    """``captions.json``: every captioned file with its n-best list, and the files that failed."""
+def write_captions(out_dir: Path, done: Sequence[Captioned], skipped: Sequence[Skipped]) -> Path:
+    """``captions.json``: every captioned file with its n-best list, and the files skipped with their reason."""
     out = {
         "captions": [
             {
@@ -136,7 +152,7 @@ def write_captions(out_dir: Path, done: Sequence[Captioned], failed: Sequence[st
             }
             for c in done
         ],
-        "failed": list(failed),
+        "skipped": [{"file": s.file.name, "reason": s.reason} for s in skipped],
     }
     path = out_dir / "captions.json"
     write_json_atomic(path, out, indent=2)

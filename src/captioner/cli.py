@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from captioner.errors import CaptionerError
+from captioner.errors import CaptionerError, SaveError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 
@@ -106,18 +106,19 @@ def check_offline_weights(argv: Sequence[str] | None = None) -> None:
 
 
 def run_guarded(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; a CaptionerError prints one line and exits with status 2 (in a sweep it propagates,
-    so the sweeper records the trial as failed and goes on)."""
+    """Run ``fn``; a CaptionerError prints one line and exits with status 2, a SaveError (disk full, no
+    permission) one line and status 1 (in a sweep both propagate, so the sweeper records the trial as
+    failed and goes on)."""
     from hydra.core.hydra_config import HydraConfig
 
     try:
         return fn()
-    except CaptionerError as err:
+    except (CaptionerError, SaveError) as err:
         multirun = HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN"
         if multirun:
             raise
         print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(1 if isinstance(err, SaveError) else 2)
 
 
 def check_value_overrides(argv: Sequence[str]) -> str | None:

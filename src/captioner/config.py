@@ -232,7 +232,11 @@ def group_schemas() -> dict[str, type]:
 
 
 def register() -> None:
-    """Register the schemas under the names the YAML files' defaults lists use (``base_<group>``)."""
+    """Register the schemas under the names the YAML files' defaults lists use (``base_<group>``), and
+    the ``run_dir`` resolver of ``hydra.run.dir``."""
+    from captioner.train.run_folder import register_resolver
+
+    register_resolver()
     cs = ConfigStore.instance()
     cs.store(name="base_config", node=Config)
     for group, schema in group_schemas().items():

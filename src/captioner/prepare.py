@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from captioner.cli import CONF_DIR, check_conf_dir
+from captioner.cli import CONF_DIR, check_conf_dir, run_guarded
 from captioner.config import register
 from captioner.data.prepare import prepare_dataset
 from captioner.data.records import read_manifest
-from captioner.errors import CaptionerError, DataError
+from captioner.errors import DataError
 
 register()  # the structured schemas the YAML defaults lists name (base_paths, ...)
 
@@ -65,11 +64,7 @@ def run(cfg: DictConfig) -> Path:
 @hydra.main(config_path=str(CONF_DIR), config_name="prepare", version_base="1.3")
 def prepare_main(cfg: DictConfig) -> None:
     """Hydra main: a user's mistake prints one line and exits 2, not a traceback."""
-    try:
-        run(cfg)
-    except CaptionerError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_guarded(lambda: run(cfg))
 
 
 def main() -> None:

@@ -3,7 +3,7 @@
 
 Prints `file: caption` (and the n-best list with scores), writes captions.json and one attention
 figure per image into ``out``. In a folder every file PIL can open is captioned; every other file is
-reported by name, one line each (and in captions.json), and skipped; the exit
+skipped, with one ``skipped: <file> (<reason>)`` line each on stderr (and in captions.json); the exit
 status is 0 when at least one image was captioned.
 """
 
@@ -50,18 +50,20 @@ def caption(cfg: DictConfig) -> int:
     device = resolve_device(cfg.device)
     loaded = load_captioner(cfg.checkpoint, device)
     out = Path(cfg.out)
-    done, failed = caption_files(loaded, files, decode_cfg, device, out if cfg.figures else None)
-    for line in failed:
-        print(f"error: {line}", file=sys.stderr)
+    done, skipped = caption_files(loaded, files, decode_cfg, device, out if cfg.figures else None)
+    for s in skipped:
+        print(f"skipped: {s.file.name} ({s.reason})", file=sys.stderr)
     for c in done:
         print(f"{c.file.name}: {' '.join(c.words)}")
         if len(c.n_best) > 1:
             for rank, (words, score) in enumerate(c.n_best, 1):
                 print(f"  {rank}. {score:8.3f}  {' '.join(words)}")
     out.mkdir(parents=True, exist_ok=True)
-    path = write_captions(out, done, failed)
-    names = ", ".join(line.split(":", 1)[0] for line in failed)
-    print(f"captioned {len(done)}, failed {len(failed)}" + (f": {names}" if failed else "") + f"; see {path}")
+    path = write_captions(out, done, skipped)
+    names = ", ".join(s.file.name for s in skipped)
+    print(
+        f"captioned {len(done)}, skipped {len(skipped)}" + (f": {names}" if skipped else "") + f"; see {path}"
+    )
     if not done:
         raise DataError(f"no image of images={cfg.images!r} could be captioned; check the files above")
     return len(done)

@@ -41,7 +41,7 @@ class RawCaption:
 
     file: str
     split: str | None
-    caption: str
+    caption: str | None  # None: the image has no captions at all (an empty list)
     where: str
 
 
@@ -64,7 +64,7 @@ def normalize_split(value: object, where: str) -> str | None:
 
 def _read_text(path: Path, what: str) -> str:
     if not path.is_file():
-        raise DataError(f"{what} not found: {path}; check prepare.annotations / prepare.splits")
+        raise DataError(f"{what} not found: {path}; check data.prepare.annotations / data.prepare.splits")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
@@ -118,7 +118,7 @@ def read_splits(path: str | Path) -> dict[str, str]:
                 return _read_split_lists(path, names)
         raise DataError(
             f"split folder {path} has neither {sorted(FLICKR8K_SPLIT_FILES.values())} nor "
-            f"{sorted(PLAIN_SPLIT_FILES.values())}; point prepare.splits at the split lists or a Karpathy json"
+            f"{sorted(PLAIN_SPLIT_FILES.values())}; point data.prepare.splits at the split lists or a Karpathy json"
         )
     obj = _load_json(path, "split file")
     if isinstance(obj, dict) and isinstance(obj.get("images"), list):
@@ -132,7 +132,7 @@ def read_splits(path: str | Path) -> dict[str, str]:
         return {file: normalize_split(split, str(path)) for split, files in obj.items() for file in files}
     raise DataError(
         f"split file {path} is neither a Karpathy dataset json nor {{'train': [...], 'val': [...], 'test': [...]}}; "
-        "point prepare.splits at one of those"
+        "point data.prepare.splits at one of those"
     )
 
 
@@ -212,13 +212,13 @@ def parse_karpathy(annotations: str | Path, splits: str | Path | None = None) ->
     """
     if splits is not None:
         raise ConfigError(
-            f"prepare.splits={splits} is not used by format=karpathy (the json has its splits); set it to null"
+            f"data.prepare.splits={splits} is not used by data.prepare.format=karpathy (the json has its splits); set it to null"
         )
     path = Path(annotations)
     obj = _load_json(path, "Karpathy dataset json")
     if not isinstance(obj, dict) or not isinstance(obj.get("images"), list):
         raise DataError(
-            f"{path}: expected a Karpathy dataset json with an 'images' list; check prepare.format"
+            f"{path}: expected a Karpathy dataset json with an 'images' list; check data.prepare.format"
         )
     parsed = Parsed()
     for i, image in enumerate(obj["images"]):
@@ -312,7 +312,7 @@ def parse_coco(annotations: str | Path, splits: str | Path | None = None) -> Par
             or not isinstance(obj.get("annotations"), list)
         ):
             raise DataError(
-                f"{path}: expected COCO json with 'images' and 'annotations' lists; check prepare.format"
+                f"{path}: expected COCO json with 'images' and 'annotations' lists; check data.prepare.format"
             )
         names = {}
         for i, image in enumerate(obj["images"]):
@@ -327,7 +327,7 @@ def parse_coco(annotations: str | Path, splits: str | Path | None = None) -> Par
             names[image["id"]] = f"{subdir}/{image['file_name']}"
         default_split = {"train": "train", "val": "val"}.get(re.sub(r"\d+$", "", subdir))
         if split_files is None and default_split is None:
-            parsed.problems.append(f"{path.name}: no split for subdir {subdir!r} without prepare.splits")
+            parsed.problems.append(f"{path.name}: no split for subdir {subdir!r} without data.prepare.splits")
         for i, ann in enumerate(obj["annotations"]):
             where = f"{path} annotations[{i}]"
             if (
@@ -343,7 +343,7 @@ def parse_coco(annotations: str | Path, splits: str | Path | None = None) -> Par
             parsed.captions.append(RawCaption(file, split, ann["caption"], where))
     if split_files is None:
         parsed.problems.append(
-            "no prepare.splits given: using train2014 -> train, val2014 -> val, no test split"
+            "no data.prepare.splits given: using train2014 -> train, val2014 -> val, no test split"
         )
     return parsed
 
@@ -376,8 +376,8 @@ def parse_jsonl(annotations: str | Path, splits: str | Path | None = None) -> Pa
         split = normalize_split(obj.get("split"), where)
         if split is None:
             split = _assign(split_files, file)
-        # An image without captions is a bad caption, handled like an empty one by prepare's on_bad.
-        for caption in captions or [""]:
+        # An image without captions is bad data for prepare's on_bad to decide, like an empty caption.
+        for caption in captions or [None]:
             parsed.captions.append(RawCaption(file, split, caption, where))
     return parsed
 
@@ -396,6 +396,6 @@ def parse(format: str, annotations: str | Path, splits: str | Path | None = None
     """Parse ``annotations`` in the named format (one of ``PARSERS``)."""
     if format not in PARSERS:
         raise ConfigError(
-            f"prepare.format={format!r} is not a caption format; use one of {sorted(PARSERS)} or shapes"
+            f"data.prepare.format={format!r} is not a caption format; use one of {sorted(PARSERS)} or shapes"
         )
     return PARSERS[format](annotations, splits)

@@ -91,11 +91,19 @@ def _group(captions: list[RawCaption], skips: _Skips) -> tuple[list[ImageRecord]
                 "unsafe_path",
                 raw.file,
                 f"{raw.where}: image path {raw.file!r} escapes the image root; use a path inside "
-                "prepare.image_root or set prepare.on_bad=skip to drop it",
+                "data.prepare.image_root or set data.prepare.on_bad=skip to drop it",
             )
             continue
         if raw.split is None:
             unsplit[file] = None
+            continue
+        if raw.caption is None:
+            skips.bad(
+                "no_captions",
+                raw.where,
+                f"{raw.where}: image {raw.file} has no captions (an empty list); add its captions or set "
+                "data.prepare.on_bad=skip to drop it",
+            )
             continue
         seen.add(file)
         tokens = tokenize(raw.caption)
@@ -104,7 +112,7 @@ def _group(captions: list[RawCaption], skips: _Skips) -> tuple[list[ImageRecord]
                 "empty_caption",
                 raw.where,
                 f"{raw.where}: empty caption {raw.caption!r} for {raw.file}; write the caption or set "
-                "prepare.on_bad=skip to drop it",
+                "data.prepare.on_bad=skip to drop it",
             )
             continue
         record = by_file.setdefault(
@@ -121,6 +129,13 @@ def _group(captions: list[RawCaption], skips: _Skips) -> tuple[list[ImageRecord]
     for file in sorted(seen - set(by_file)):
         skips.bad("no_valid_caption", file, f"image {file} has no usable caption; fix its captions")
     return sorted(by_file.values(), key=lambda r: r.id), sorted(unsplit)
+
+
+def _find_missing(format: str, annotations: str | Path) -> str:
+    """How to get missing images: a public dataset's come from its download, a user's own are theirs to find."""
+    if format == "jsonl":
+        return f"check that data.prepare.image_root is the folder the image paths of {annotations} are relative to"
+    return "download them (python -m captioner.data.download --help)"
 
 
 def _resize_one(task: tuple[str, str, int, int]) -> tuple[str, bytes | None, int, int, str | None, str]:
@@ -212,14 +227,14 @@ def _report_bad(
         skips.bad(
             "too_large",
             image_id,
-            f"image {path} is {detail}, over prepare.max_pixels={max_pixels}; raise "
-            "prepare.max_pixels if you trust it or set prepare.on_bad=skip to drop it",
+            f"image {path} is {detail}, over data.prepare.max_pixels={max_pixels}; raise "
+            "data.prepare.max_pixels if you trust it or set data.prepare.on_bad=skip to drop it",
         )
     else:
         skips.bad(
             "corrupt_image",
             image_id,
-            f"cannot decode image {path} ({detail}); replace the file or set prepare.on_bad=skip to drop it",
+            f"cannot decode image {path} ({detail}); replace the file or set data.prepare.on_bad=skip to drop it",
         )
 
 
@@ -245,35 +260,35 @@ def prepare_captions(
     """
     require(
         format in PARSERS,
-        f"prepare.format={format!r} is not a caption format; use one of {sorted(PARSERS)} or shapes",
+        f"data.prepare.format={format!r} is not a caption format; use one of {sorted(PARSERS)} or shapes",
     )
-    require(on_missing in ON_MISSING, f"prepare.on_missing={on_missing!r}; use one of {ON_MISSING}")
-    require(on_bad in ON_BAD, f"prepare.on_bad={on_bad!r}; use one of {ON_BAD}")
+    require(on_missing in ON_MISSING, f"data.prepare.on_missing={on_missing!r}; use one of {ON_MISSING}")
+    require(on_bad in ON_BAD, f"data.prepare.on_bad={on_bad!r}; use one of {ON_BAD}")
     require(
         isinstance(image_side, int) and image_side >= 8,
-        f"prepare.image_side={image_side!r} must be an int >= 8",
+        f"data.prepare.image_side={image_side!r} must be an int >= 8",
     )
     require(
         isinstance(max_pixels, int) and max_pixels > 0,
-        f"prepare.max_pixels={max_pixels!r} must be a positive int",
+        f"data.prepare.max_pixels={max_pixels!r} must be a positive int",
     )
     require(
         workers is None or (isinstance(workers, int) and workers >= 1),
-        f"prepare.workers={workers!r} must be null (every available core) or an int >= 1",
+        f"data.prepare.workers={workers!r} must be null (every available core) or an int >= 1",
     )
     workers = available_cores() if workers is None else workers
     require(
         isinstance(vocab_min_count, int) and vocab_min_count >= 1,
-        f"prepare.vocab_min_count={vocab_min_count!r} must be an int >= 1",
+        f"data.prepare.vocab_min_count={vocab_min_count!r} must be an int >= 1",
     )
     require(
         vocab_max_size is None or (isinstance(vocab_max_size, int) and vocab_max_size > len(SPECIALS)),
-        f"prepare.vocab_max_size={vocab_max_size!r} must be null or an int > {len(SPECIALS)}",
+        f"data.prepare.vocab_max_size={vocab_max_size!r} must be null or an int > {len(SPECIALS)}",
     )
     require(
         not images or image_root is not None,
-        "prepare.images=true needs prepare.image_root (the folder the image paths are relative to); "
-        "set it, or set prepare.images=false for annotations only",
+        "data.prepare.images=true needs data.prepare.image_root (the folder the image paths are relative to); "
+        "set it, or set data.prepare.images=false for annotations only",
     )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -289,15 +304,15 @@ def prepare_captions(
         root = Path(image_root)
         require(
             root.is_dir(),
-            f"prepare.image_root={image_root} is not a folder; point it at the images",
+            f"data.prepare.image_root={image_root} is not a folder; point it at the images",
             DataError,
         )
         missing = [r.file for r in records if not (root / r.file).is_file()]
         if missing and on_missing == "error":
             raise DataError(
                 f"{len(missing)} of {len(records)} images are missing under {root} (first: {', '.join(missing[:3])}); "
-                "download them (python -m captioner.data.download --help) or set prepare.on_missing=skip "
-                "to prepare only the images present"
+                f"{_find_missing(format, annotations)} or set data.prepare.on_missing=skip to prepare only the "
+                "images present"
             )
         absent = set(missing)
         records = _write_images(
@@ -315,7 +330,7 @@ def prepare_captions(
     if counts["train"]["images"] == 0:
         raise DataError(
             f"no training images in {annotations} after preparation (counts {counts}, {len(unsplit)} unsplit, "
-            f"{len(missing)} missing); give split information with prepare.splits"
+            f"{len(missing)} missing); give split information with data.prepare.splits"
         )
     vocab = Vocab.build(
         (t for r in records if r.split == "train" for t in r.tokens), vocab_max_size, vocab_min_count
@@ -372,6 +387,6 @@ def prepare_dataset(out: str | Path, format: str, **kwargs: Any) -> Path:
         return _call_with_config(generate_dataset, "captioner.data.shapes.generate_dataset", out, kwargs)
     if format not in PARSERS:
         raise ConfigError(
-            f"prepare.format={format!r} is not a dataset format; use one of {sorted(PARSERS)} or shapes"
+            f"data.prepare.format={format!r} is not a dataset format; use one of {sorted(PARSERS)} or shapes"
         )
     return _call_with_config(prepare_captions, "prepare_captions", out, {"format": format, **kwargs})

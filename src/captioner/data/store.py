@@ -126,7 +126,7 @@ class ImageStore:
         if not (self.root / IMAGES_INDEX).exists() or not (self.root / IMAGES_BIN).exists():
             raise DataError(
                 f"{self.root} has no image store ({IMAGES_BIN} + {IMAGES_INDEX}); "
-                "prepare the data in image mode (prepare.images=true)"
+                "prepare the data in image mode (data.prepare.images=true)"
             )
         self.index: dict[str, list[int]] = _read_index(self.root / IMAGES_INDEX)
         self._file = None

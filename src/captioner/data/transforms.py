@@ -99,16 +99,16 @@ def build_train_transform(
 ) -> TrainTransform:
     """Weak crop, optical distortion of strength s, colour jitter and Gaussian noise (flip: see module doc)."""
     require(image_size >= 16, f"image_size={image_size} is too small; use >= 16 (224 is the usual)")
-    require(0.0 <= hflip <= 1.0, f"augment.hflip={hflip} is a probability; use a value in [0, 1]")
-    require(0.0 <= color_jitter <= 1.0, f"augment.color_jitter={color_jitter} out of range; use [0, 1]")
-    require(0.0 <= noise_std <= 1.0, f"augment.noise_std={noise_std} out of range; use [0, 1] (0 = off)")
+    require(0.0 <= hflip <= 1.0, f"data.augment.hflip={hflip} is a probability; use a value in [0, 1]")
+    require(0.0 <= color_jitter <= 1.0, f"data.augment.color_jitter={color_jitter} out of range; use [0, 1]")
+    require(0.0 <= noise_std <= 1.0, f"data.augment.noise_std={noise_std} out of range; use [0, 1] (0 = off)")
     require(
         0.0 <= optical_strength <= 1.0,
-        f"augment.optical_strength={optical_strength} out of range; use [0, 1] (0 = off, seed used 0.2)",
+        f"data.augment.optical_strength={optical_strength} out of range; use [0, 1] (0 = off, seed used 0.2)",
     )
     require(
         0.08 <= crop_scale_min <= 1.0,
-        f"augment.crop_scale_min={crop_scale_min} out of range; use [0.08, 1] (1 = plain resize)",
+        f"data.augment.crop_scale_min={crop_scale_min} out of range; use [0.08, 1] (1 = plain resize)",
     )
     steps: list[nn.Module] = [_resize(image_size, crop_scale_min)]
     if optical_strength > 0:

@@ -16,8 +16,8 @@ class Captioner(nn.Module):
         super().__init__()
         require(
             encoder is None or encoder.out_dim == decoder.encoder_dim,
-            f"decoder.encoder_dim={decoder.encoder_dim} does not match the encoder's out_dim="
-            f"{encoder.out_dim if encoder is not None else None}; set decoder.encoder_dim from the encoder",
+            f"the decoder's encoder_dim ({decoder.encoder_dim}) does not match the encoder's out_dim "
+            f"({encoder.out_dim if encoder is not None else None}); build both with captioner.model.build.build_model",
         )
         self.encoder = encoder
         self.decoder = decoder

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -40,6 +42,36 @@ def init_distributed(device: str) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, rank=info.rank, world_size=info.world_size)
     return info
+
+
+_stores: list[dist.TCPStore] = []  # kept open: without torchrun's agent, rank 0's store serves the others
+
+
+def same_on_every_rank(key: str, make: Callable[[], str]) -> str:
+    """``make()`` run once, on rank 0, and its result on every rank of the launch; ``make()`` when not
+    launched by torchrun. Works before the process group exists (Hydra picks the run folder first).
+
+    The value travels through the launch's TCP store at MASTER_ADDR:MASTER_PORT: torchrun's agent
+    serves it; otherwise rank 0 starts it multi-tenant, so ``init_process_group`` later shares it.
+    """
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return make()
+    rank = int(os.environ["RANK"])
+    agent = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        is_master=rank == 0 and not agent,
+        multi_tenant=True,
+        wait_for_workers=False,
+        timeout=timedelta(minutes=10),
+    )
+    _stores.append(store)
+    # an elastic restart starts the workers again: a new value per restart
+    key = f"captioner/{key}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    if rank == 0:
+        store.set(key, make())
+    return store.get(key).decode()
 
 
 def rank_device(device: torch.device, info: DistInfo) -> torch.device:

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from captioner.errors import SaveError
+
 
 def _umask() -> int:
     mask = os.umask(0o022)  # the only portable way to read it is to set it; put it straight back
@@ -23,19 +25,31 @@ def _umask() -> int:
 
 @contextmanager
 def open_atomic(path: str | Path) -> Iterator[IO[bytes]]:
-    """A binary file handle whose content appears at ``path`` only when the block ends without error."""
+    """A binary file handle whose content appears at ``path`` only when the block ends without error.
+
+    Any OSError on the way (a full disk, no permission, a folder in the way) becomes a one-line
+    :class:`SaveError` naming ``path``; the file there keeps its previous content.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600, which other users cannot read
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(err, OSError) and not isinstance(err, SaveError):
+            reason = err.strerror or str(err) or type(err).__name__
+            raise SaveError(
+                f"cannot write {path} ({reason}); its previous content, if any, is unchanged: "
+                "free disk space or fix the folder's permissions, then run again"
+            ) from err
         raise
 
 

@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from captioner.data.vocab import Vocab
-from captioner.errors import CheckpointError
+from captioner.errors import CheckpointError, DamagedCheckpointError
 from captioner.runtime import checkpoint as ckpt
 
 
@@ -74,12 +74,32 @@ def resume_dir(resume: str) -> Path:
     return path if path.is_dir() else path.parent
 
 
-def load_resume(resume: str) -> dict[str, Any]:
+def resume_checkpoint(resume: str) -> Path:
     """The checkpoint ``trainer.resume`` names: a checkpoint file, or a run folder's ``last.pt``."""
     path = Path(resume)
-    if path.is_dir():
-        path = path / "last.pt"
-    return ckpt.load_checkpoint(path)
+    return path / "last.pt" if path.is_dir() else path
+
+
+def load_resume(resume: str) -> dict[str, Any]:
+    """Load the checkpoint ``trainer.resume`` names (:func:`resume_checkpoint`); when it is damaged, the
+    error names the run's other checkpoint (last.pt <-> best.pt) if that one verifies."""
+    path = resume_checkpoint(resume)
+    try:
+        return ckpt.load_checkpoint(path)
+    except DamagedCheckpointError as err:
+        other = path.with_name("best.pt" if path.name == "last.pt" else "last.pt")
+        if not other.is_file() or not _intact(other):
+            raise
+        raise DamagedCheckpointError(
+            path, err.problem, f"{other} is intact: resume from it with trainer.resume={other}"
+        ) from err
+
+
+def _intact(path: Path) -> bool:
+    try:
+        return ckpt.verify_checkpoint(path)
+    except DamagedCheckpointError:
+        return False
 
 
 def check_resume_compatible(state: dict[str, Any], vocab: Vocab, cfg: DictConfig) -> None:
