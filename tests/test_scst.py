@@ -121,7 +121,7 @@ def test_init_from_an_incompatible_checkpoint_is_one_line(tmp_path: Path) -> Non
     saved = {"decoder": {"attention": "hard"}, "encoder": {}}
     ckpt.save_checkpoint(path, {"model": model.state_dict(), "vocab": vocab.itos, "config": saved})
     cfg = OmegaConf.create({"decoder": {"attention": "soft"}, "encoder": {}})
-    with pytest.raises(CheckpointError, match="decoder.attention: hard -> soft"):
+    with pytest.raises(CheckpointError, match=r"decoder.attention: hard \(saved\) vs soft \(given\)"):
         init_from(model, str(path), vocab, cfg)
     with pytest.raises(CheckpointError, match="vocabulary differs"):
         init_from(model, str(path), Vocab([*SPECIALS, "b"]), cfg)

@@ -152,7 +152,9 @@ def test_killed_sweep_resumes_without_repeating(tmp_path: Path) -> None:
     assert dead.system_attrs[RUN_DIR_ATTR] == str(old_dir)
     (rerun,) = [t for t in complete if t.params == dead.params]
     assert rerun.system_attrs[RUN_DIR_ATTR] == str(old_dir)
-    assert (tmp_path / "multirun" / str(rerun.number) / "resume.txt").read_text() == str(old_dir)
+    # ... in that folder: its job logs there too, and leaves no folder of its own.
+    assert (old_dir / "resume.txt").read_text() == str(old_dir)
+    assert not (tmp_path / "multirun" / str(rerun.number)).exists()
     others = [t.number for t in complete if t.number > 3 and t.number != rerun.number]
     for number in others:  # the others start fresh
         assert (tmp_path / "multirun" / str(number) / "resume.txt").read_text() == "None"
@@ -184,7 +186,8 @@ def test_interrupted_sweep_frees_its_point_at_once(tmp_path: Path) -> None:
     assert trial.user_attrs["fail_reason"] == "interrupted (KeyboardInterrupt)"
     rerun = run_sweep(tmp_path, *fixed)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert (tmp_path / "multirun" / "1" / "resume.txt").read_text() == str(tmp_path / "multirun" / "0")
+    assert (tmp_path / "multirun" / "0" / "resume.txt").read_text() == str(tmp_path / "multirun" / "0")
+    assert not (tmp_path / "multirun" / "1").exists()  # the rerun ran in the folder it resumed
 
 
 def test_a_run_with_no_trial_completed_exits_1_and_says_why(tmp_path: Path) -> None:
@@ -374,13 +377,72 @@ def test_a_result_after_the_trial_was_failed_is_logged_once(tmp_path: Path, capl
     assert study.trials[0].state == TrialState.FAIL
 
 
+@pytest.mark.slow  # an MLflow SQLite store runs its migrations (seconds)
+def test_a_dead_trials_mlflow_run_ends_killed_and_a_closed_one_is_left_alone(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from captioner.tracking import KILLED_REASON_TAG, build_tracker
+
+    uri, locks = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "optuna.db.workers"
+    locks.mkdir()
+    study = optuna.create_study(storage=make_storage(f"sqlite:///{tmp_path}/optuna.db"))
+    run_ids = {}
+    for name in ("killed", "closed"):  # a task SIGKILLed mid-run; one that ended before its worker died
+        tracker = build_tracker(True, uri, "exp", name, {"a": 1}, run_dir=tmp_path / name)
+        if name == "closed":
+            tracker.finish()
+        run_ids[name] = tracker.run_id
+        trial = study.ask()
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, f"worker-{name}")
+        study._storage.set_trial_system_attr(trial._trial_id, RUN_DIR_ATTR, str(tmp_path / name))
+        (locks / f"worker-{name}.lock").touch()  # a lock file nobody holds: its worker died
+    client = MlflowClient(tracking_uri=uri)
+    assert client.get_run(run_ids["killed"]).info.status == "RUNNING"
+
+    fail_dead_trials(study, "me", locks)
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.FAIL]
+    killed = client.get_run(run_ids["killed"])
+    assert killed.info.status == "KILLED"
+    assert killed.data.tags[KILLED_REASON_TAG] == "worker worker-killed died"
+    assert client.get_run(run_ids["closed"]).info.status == "FINISHED"
+
+
+@pytest.mark.slow  # a real tiny training, pruned after its first epoch (~40 s)
+def test_a_pruned_training_trial_ends_killed_in_mlflow_with_its_epoch(tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = training_sweep_cmd(
+        tmp_path,
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+        "logger=mlflow",
+        f"logger.tracking_uri={uri}",
+        "trainer.epochs=2",
+        # any validation score is below 1000: pruned at its first report
+        "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1000.0}",
+    )
+    proc = subprocess.run(cmd, cwd=APP.parents[1], env=TRAIN_ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # pruned counts as finished
+    (trial,) = load(tmp_path).trials
+    assert trial.state == TrialState.PRUNED
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments, filter_string="tags.`sweep.trial` = '0'")
+    assert run.info.status == "KILLED"
+    assert run.data.tags["pruned"] == "true" and run.data.tags["pruned.epoch"] == "1"
+
+
 @pytest.mark.slow  # a real tiny training, killed after its first epoch and resumed (~1 min)
 def test_killed_training_trial_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     import torch
+    from mlflow.tracking import MlflowClient
 
     repo = APP.parents[1]
     storage = f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db"
-    cmd = training_sweep_cmd(tmp_path, storage, "logger=none", "trainer.epochs=3")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cmd = training_sweep_cmd(
+        tmp_path, storage, "logger=mlflow", f"logger.tracking_uri={uri}", "trainer.epochs=3"
+    )
     first = subprocess.Popen(
         cmd, cwd=repo, env=TRAIN_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -400,7 +462,14 @@ def test_killed_training_trial_resumes_from_its_last_checkpoint(tmp_path: Path) 
     assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert torch.load(last, weights_only=True)["progress"]["epoch"] == 3  # finished in the old folder
     assert (tmp_path / "multirun" / "0" / "metrics.json").exists()
-    assert not (tmp_path / "multirun" / "1" / "last.pt").exists()
+    assert not (tmp_path / "multirun" / "1").exists()
+    # One MLflow run: marked KILLED when its trial was failed, then continued by the rerun to FINISHED.
+    run_id = torch.load(last, weights_only=True)["progress"]["run_id"]
+    assert f"trial 0: MLflow run {run_id} marked KILLED" in resumed.stdout + resumed.stderr
+    client = MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    (run,) = client.search_runs(experiments, filter_string="tags.`sweep.trial` != ''")
+    assert run.info.run_id == run_id and run.info.status == "FINISHED"
 
 
 def test_null_n_trials_runs_the_whole_grid_and_needs_a_grid(tmp_path: Path) -> None:

@@ -192,9 +192,11 @@ def test_run_logs_params_metrics_and_resumes_into_the_same_run(tmp_path: Path) -
     run_dir = tmp_path / "run"
     tracker_ = build_tracker(True, uri, "shapes", "first", params, tags={"version": "v17"}, run_dir=run_dir)
     tracker_.log_metrics({"val.bleu4": 0.5, "skipped": None}, step=3)
+    tracker_.log_metrics({"val.bleu4": 0.55}, step=4)  # after the checkpoint the resume starts from
     tracker_.finish("KILLED")
     again = build_tracker(True, uri, "shapes", "second", params, run_dir=run_dir, resume=True)
     assert again.run_id == tracker_.run_id
+    again.log_metrics({"val.bleu4": 0.6}, step=4)  # the resumed run repeats step 4: MLflow has it already
     again.log_metrics({"val.bleu4": 0.7}, step=6)
     again.finish()
 
@@ -205,6 +207,7 @@ def test_run_logs_params_metrics_and_resumes_into_the_same_run(tmp_path: Path) -
     assert run.data.tags["version"] == "v17"
     assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val.bleu4")] == [
         (3, 0.5),
+        (4, 0.55),
         (6, 0.7),
     ]
     experiment = client.get_experiment(run.info.experiment_id)

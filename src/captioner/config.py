@@ -83,6 +83,10 @@ class SCSTObjectiveConfig:
     reward: dict[str, float] = field(default_factory=lambda: {"cider_d": 1.0, "bleu4": 0.0, "object_f1": 0.0})
 
 
+# objective: one schema per choice (their keys differ), chosen by ``objective.name``
+OBJECTIVE_SCHEMAS = {"xe": XEObjectiveConfig, "scst": SCSTObjectiveConfig}
+
+
 @dataclass
 class LoggerConfig:
     """MLflow tracking (``conf/logger``): ``logger=none`` only turns it off."""
@@ -241,6 +245,5 @@ def register() -> None:
     cs.store(name="base_config", node=Config)
     for group, schema in group_schemas().items():
         cs.store(group=group, name=f"base_{group}", node=schema)
-    # objective: one schema per choice (their keys differ)
-    cs.store(group="objective", name="base_objective_xe", node=XEObjectiveConfig)
-    cs.store(group="objective", name="base_objective_scst", node=SCSTObjectiveConfig)
+    for name, schema in OBJECTIVE_SCHEMAS.items():
+        cs.store(group="objective", name=f"base_objective_{name}", node=schema)

@@ -12,10 +12,15 @@ def train_main(cfg: DictConfig) -> float | None:
     """Compose the config, train, and return the validation objective (for Optuna sweeps)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from captioner.train.loop import train
+    from captioner.train.loop import RunPruned, train
 
     run_dir = HydraConfig.get().runtime.output_dir
-    final = run_guarded(lambda: train(cfg, run_dir, on_validation=report_to_sweep))
+    try:
+        final = run_guarded(lambda: train(cfg, run_dir, on_validation=report_to_sweep))
+    except RunPruned as pruned:  # what our sweeper records as a PRUNED trial
+        import optuna
+
+        raise optuna.TrialPruned(str(pruned)) from pruned
     return final.get("objective") if final else None
 
 
@@ -25,11 +30,11 @@ def report_to_sweep(metric: float, epoch: int) -> None:
 
     trial = sweep_trial()
     if trial is not None:
-        import optuna
+        from captioner.train.loop import RunPruned
 
         trial.report(metric, epoch)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned after epoch {epoch} ({metric:.4g})")
+            raise RunPruned(epoch, f"pruned after epoch {epoch} ({metric:.4g})")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ background thread, so an MLflow outage never stops training; ``python -m caption
 CAPTIONER_SWEEP_TRIAL), each trial's run is a child of one parent run per study.
 """
 
+from captioner.tracking.abandoned import KILLED_REASON_TAG, kill_abandoned_run
 from captioner.tracking.spool import SPOOL_NAME, read_spool, spooled_run_id
 from captioner.tracking.tracker import (
     SWEEP_STUDY_ENV,
@@ -18,6 +19,7 @@ from captioner.tracking.tracker import (
 )
 
 __all__ = [
+    "KILLED_REASON_TAG",
     "SPOOL_NAME",
     "SWEEP_STUDY_ENV",
     "SWEEP_TRIAL_ENV",
@@ -25,6 +27,7 @@ __all__ = [
     "NullTracker",
     "build_tracker",
     "flatten",
+    "kill_abandoned_run",
     "read_spool",
     "spooled_run_id",
 ]

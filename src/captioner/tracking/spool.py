@@ -28,6 +28,7 @@ class SpoolState:
     next_seq: int = 0
     pending: list[dict[str, Any]] = field(default_factory=list)
     ended: bool = False
+    last_step: dict[str, int] = field(default_factory=dict)  # per metric, the highest step logged
 
 
 class Spool:
@@ -82,6 +83,8 @@ def read_spool(path: Path) -> SpoolState:
                 state.next_seq = max(state.next_seq, record["seq"] + 1)
                 if op == "start" and state.start is None:
                     state.start = record
+                for key, _, _, step in record.get("metrics", ()):
+                    state.last_step[key] = max(step, state.last_step.get(key, step))
                 state.ended = op == "end"
     state.pending = [r for r in records if r["seq"] > state.acked]
     return state

@@ -94,6 +94,8 @@ class MlflowTracker(NullTracker):
         self._closing = False  # finish() was called: exit once drained
         self._hurry = False  # finish() is waiting: retry every half second
         self._last_progress = time.monotonic()
+        # A resumed run repeats the steps between its checkpoint and the kill: MLflow has those already.
+        self._last_step = state.last_step if state is not None else {}
         if state is not None:  # records a killed or cut-off process never sent go first
             self._pending.extend(state.pending[:MAX_PENDING])
             self._overflow = len(state.pending) > MAX_PENDING
@@ -112,9 +114,14 @@ class MlflowTracker(NullTracker):
         return self.sender.run_id
 
     def log_metrics(self, metrics: Mapping[str, float | None], step: int) -> None:
-        """Queue scalar metrics at ``step``, stamped now (a replay keeps this timestamp)."""
+        """Queue scalar metrics at ``step``, stamped now (a replay keeps this timestamp); on a resume, a
+        metric at a step this run already logged it at or past is skipped."""
         now = int(time.time() * 1000)
-        batch = [[k, float(v), now, int(step)] for k, v in metrics.items() if v is not None]
+        batch = [
+            [k, float(v), now, int(step)]
+            for k, v in metrics.items()
+            if v is not None and step > self._last_step.get(k, -1)
+        ]
         if batch:
             self._append({"op": "metrics", "metrics": batch})
 

@@ -29,8 +29,17 @@ from captioner.train.state import Progress
 from captioner.train.teacher_forcing import build_schedule
 
 # Called after each validation with (metric, epoch); the entry point passes the sweep's pruning
-# report here, so the loop never imports the sweeper. It may raise to stop the run (optuna.TrialPruned).
+# report here, so the loop never imports the sweeper. It raises RunPruned to stop the run.
 ValidationCallback = Callable[[float, int], None]
+
+
+class RunPruned(Exception):
+    """Raised by a ValidationCallback: stop the run after ``epoch``, it is not worth finishing (a sweep's
+    pruner said so). The loop ends its MLflow run KILLED with the tags ``pruned`` and ``pruned.epoch``."""
+
+    def __init__(self, epoch: int, reason: str) -> None:
+        super().__init__(reason)
+        self.epoch = epoch
 
 
 @dataclass
@@ -179,7 +188,7 @@ def validate(
         progress.best, progress.best_epoch, progress.bad_validations = metric, progress.epoch, 0
     else:
         progress.bad_validations += 1
-    stop = t.early_stop.patience > 0 and progress.bad_validations >= t.early_stop.patience
+    stop = progress.stopped_early(t.early_stop.patience)
     tracker.log_metrics({f"val.{k}": v for k, v in result.metrics.items()}, step=progress.step)
     if improved:  # the best validation as numbers the MLflow UI can sort and compare
         best = {f"best.{k}": v for k, v in result.metrics.items()}

@@ -30,8 +30,12 @@ def final_evaluation(
     autocast: AbstractContextManager,
     run_dir: Path,
     tracker: Any,
+    step: int,
 ) -> dict[str, dict[str, float]]:
-    """Test metrics of the best weights per split (rank 0; ``{}`` elsewhere), logged with figures and captions."""
+    """Test metrics of the best weights per split (rank 0; ``{}`` elsewhere), logged with figures and captions.
+
+    The metrics are logged at optimiser step ``step``, so a run resumed with more epochs logs its new test
+    metrics beside the earlier ones instead of over them."""
     from captioner.viz import attention_figure
 
     best = run_dir / "best.pt"
@@ -56,7 +60,7 @@ def final_evaluation(
     if not dist_info.is_main:
         return {}
     final = {split: r.metrics for split, r in results.items()}
-    tracker.log_metrics({f"{s}.{k}": v for s, m in final.items() for k, v in m.items()}, step=0)
+    tracker.log_metrics({f"{s}.{k}": v for s, m in final.items() for k, v in m.items()}, step=step)
     shown = next(iter(results.values()), None)
     if shown is not None and shown.alphas:
         figures = run_dir / "figures"

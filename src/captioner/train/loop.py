@@ -26,20 +26,19 @@ from captioner.runtime.distributed import cleanup, init_distributed, rank_device
 from captioner.runtime.files import write_json_atomic
 from captioner.runtime.threads import configure_threads
 from captioner.train.divergence import TrainingError, raise_if_weights_diverged
-from captioner.train.epoch import ValidationCallback, train_one_epoch, validate
+from captioner.train.epoch import RunPruned, ValidationCallback, train_one_epoch, validate
+from captioner.train.resume import command_line_keys, resume_run
 from captioner.train.state import (
     Progress,
-    check_resume_compatible,
+    check_checkpoint_fits,
     checkpoint_state,
-    load_resume,
     rank_seed,
-    resume_dir,
     seed_everything,
 )
 from captioner.train.validate import validate_config
 
 # Progress, TrainingError and seed_everything are imported from here (tests, the feature cache).
-__all__ = ["Progress", "TrainingError", "ValidationCallback", "seed_everything", "train"]
+__all__ = ["Progress", "RunPruned", "TrainingError", "ValidationCallback", "seed_everything", "train"]
 
 
 def train(
@@ -53,6 +52,12 @@ def train(
     from captioner.train.optim import build_optimizer
     from captioner.train.schedulers import build_scheduler
 
+    # Resume: the checkpoint's config wins over the composed one (captioner.train.resume), before any work,
+    # and the run goes on in the checkpoint's folder.
+    resumed = resume_run(cfg, command_line_keys(cfg)) if cfg.trainer.resume else None
+    if resumed is not None:
+        cfg, run_dir = resumed.cfg, resumed.run_dir
+    run_dir = Path(run_dir)
     t = cfg.trainer
     validate_config(cfg)
     # Not more threads than idle cores: beside a busy core, a thread that shares it stalls every step.
@@ -64,10 +69,16 @@ def train(
     precision = resolve_precision(t.precision, device)
     check_objective(cfg, dist_info.enabled)
     check_distributed(cfg, dist_info.enabled)
-
-    # Resume: the checkpoint decides the run folder, and its config must match this one.
-    state = load_resume(t.resume) if t.resume else None
-    run_dir = resume_dir(t.resume) if state is not None else Path(run_dir)
+    state = None
+    if resumed is not None:
+        state = resumed.state
+        finished = resumed.finished_metrics()
+        if dist_info.is_main:
+            for line in [*resumed.overrides, resumed.status_line(finished is not None)]:
+                log_line(line)
+        if finished is not None:  # nothing to train or evaluate: the run's checkpoints stay as they are
+            cleanup(dist_info)
+            return finished
     seed_everything(t.seed)  # the same seed on every rank: equal initial weights
 
     data_root = ensure_prepared(cfg.data, dist_info)
@@ -78,7 +89,7 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     data = build_data(cfg, data_root, vocab, model, device, dist_info)
     if state is not None:
-        check_resume_compatible(state, vocab, cfg)
+        check_checkpoint_fits(state, vocab, cfg, f"trainer.resume={t.resume}")
         model.load_state_dict(state["model"])
     elif t.init_from:  # a second stage (e.g. SCST) starts from another run's weights
         init_from(model, t.init_from, vocab, cfg)
@@ -131,7 +142,9 @@ def train(
         log_line(f"CPU threads: {threads} ({why})")
     status = "FAILED"
     try:
-        for epoch in range(progress.epoch, t.epochs):
+        # An early-stopped run that is resumed has only its final evaluation left.
+        last_epoch = progress.epoch if progress.stopped_early(t.early_stop.patience) else t.epochs
+        for epoch in range(progress.epoch, last_epoch):
             stats = train_one_epoch(
                 train_model,
                 model,
@@ -197,7 +210,7 @@ def train(
             "objective_metric": t.early_stop.metric,
             "best_epoch": progress.best_epoch,
             **final_evaluation(
-                cfg, model, data, vocab, records, device, dist_info, autocast, run_dir, tracker
+                cfg, model, data, vocab, records, device, dist_info, autocast, run_dir, tracker, progress.step
             ),
         }
         if dist_info.is_main:
@@ -205,6 +218,12 @@ def train(
             tracker.log_artifact(run_dir / "metrics.json")
         status = "FINISHED"
         return final
+    except RunPruned as err:  # a sweep's pruner stopped it: not a failure, and MLflow says why
+        status = "KILLED"
+        tracker.set_tags({"pruned": "true", "pruned.epoch": str(err.epoch)})
+        if dist_info.is_main:
+            log_line(str(err))
+        raise
     except KeyboardInterrupt:
         status = "KILLED"
         raise

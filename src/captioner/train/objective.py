@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
 from captioner.data.records import ImageRecord
@@ -107,22 +107,10 @@ def build_objective(
 def init_from(model: torch.nn.Module, path: str, vocab: Vocab, cfg: DictConfig) -> None:
     """Load another run's model weights (not its optimiser or counters) to start a new training stage."""
     from captioner.runtime import checkpoint as ckpt
+    from captioner.train.state import check_checkpoint_fits
 
     state = ckpt.load_checkpoint(path)
-    if state["vocab"] != vocab.itos:
-        raise CheckpointError(
-            f"trainer.init_from={path}: its vocabulary differs from the data's vocab.json; "
-            "use a checkpoint trained on the same data config"
-        )
-    for key in ("encoder", "decoder"):
-        now, before = OmegaConf.to_container(cfg[key], resolve=True), state["config"].get(key, {})
-        changed = sorted(k for k in now if k in before and before[k] != now[k])
-        if changed:
-            diff = ", ".join(f"{key}.{k}: {before[k]} -> {now[k]}" for k in changed)
-            raise CheckpointError(
-                f"trainer.init_from={path} was trained with another {key} config ({diff}); "
-                f"start from the same {key} settings (e.g. the experiment it was trained with)"
-            )
+    check_checkpoint_fits(state, vocab, cfg, f"trainer.init_from={path}")
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise CheckpointError(

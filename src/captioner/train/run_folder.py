@@ -17,8 +17,8 @@ from omegaconf import OmegaConf
 from captioner.runtime.distributed import same_on_every_rank
 from captioner.train.state import resume_checkpoint
 
-RESOLVER = "run_dir"
-RESUMED = "resumed"  # a resumed run's launch files (.hydra/, train.log) go to <run>/resumed/<stamp>
+RESOLVER, LOG_RESOLVER = "run_dir", "log_dir"
+RESUMED = "resumed"  # a resumed run's launch record (.hydra/) goes to <run>/resumed/<stamp>
 
 
 def new_folder(path: str | Path) -> Path:
@@ -49,8 +49,18 @@ def run_dir(output_dir: str, stamp: str, resume: str | None = None) -> str:
     return same_on_every_rank("run_dir", lambda: str(new_folder(base)))
 
 
+def log_dir(launch_dir: str, resume: str | None = None) -> str:
+    """The folder of a launch's ``train.log``: under ``trainer.resume``, the run it continues (whose log
+    goes on), else the launch's own folder."""
+    checkpoint = resume_checkpoint(resume) if resume else None
+    return str(checkpoint.parent) if checkpoint is not None and checkpoint.is_file() else launch_dir
+
+
 def register_resolver() -> None:
-    """Make ``${run_dir:output_dir,stamp,resume}`` available to configs (once per process)."""
+    """Make ``${run_dir:output_dir,stamp,resume}`` and ``${log_dir:launch_dir,resume}`` available to
+    configs (once per process)."""
     if not OmegaConf.has_resolver(RESOLVER):
         # use_cache: a config that resolves its run folder twice gets the one folder it created
         OmegaConf.register_new_resolver(RESOLVER, run_dir, use_cache=True)
+    if not OmegaConf.has_resolver(LOG_RESOLVER):
+        OmegaConf.register_new_resolver(LOG_RESOLVER, log_dir)

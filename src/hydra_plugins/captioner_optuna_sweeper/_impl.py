@@ -43,6 +43,7 @@ from hydra_plugins.captioner_optuna_sweeper.search_space import (
 from hydra_plugins.captioner_optuna_sweeper.storage import make_storage, mask, password, retry
 from hydra_plugins.captioner_optuna_sweeper.workers import (
     INTERRUPTED_ATTR,
+    RUN_DIR_ATTR,
     WORKER_ATTR,
     WorkerLock,
     fail_dead_trials,
@@ -53,11 +54,6 @@ from hydra_plugins.captioner_optuna_sweeper.workers import (
 
 log = logging.getLogger(__name__)
 
-# Trial system attributes written by this sweeper (and GRID_ATTR by the grid, WORKER_ATTR and
-# INTERRUPTED_ATTR by the worker-liveness checks).
-RUN_DIR_ATTR = (
-    "captioner_run_dir"  # the folder the task writes to (its own job folder, or the one it resumes)
-)
 GRID_EXHAUSTED = "grid exhausted: other workers took the last points"
 
 DIRECTIONS = ("minimize", "maximize")
@@ -340,9 +336,12 @@ class OptunaSweeperImpl:
             )
             overrides = [f"{k}={v}" for k, v in trial.params.items()] + [f"{k}={v}" for k, v in fixed.items()]
             resume = self._resume_from(study, trial)
+            hydra_overrides = []
             if resume is not None:
-                # Rerun of an interrupted trial: continue its checkpoint, in its folder.
+                # Rerun of an interrupted trial: continue its checkpoint, in its folder, whose train.log the
+                # job's log goes on in (and whose .hydra/ record of the first start stays).
                 overrides.append(f"{self.resume_override}={quote(resume)}")
+                hydra_overrides = [f"hydra.sweep.subdir={quote(resume)}", "hydra.output_subdir=null"]
                 log.info(f"trial {trial.number} resumes {resume}")
             trial.set_user_attr("overrides", overrides)
             # env_set reaches the task under every launcher (in-process, joblib, submitit).
@@ -351,6 +350,7 @@ class OptunaSweeperImpl:
             job = (
                 overrides
                 + [f"++hydra.job.env_set.{k}={quote(v)}" for k, v in env.items()]
+                + hydra_overrides
                 + self.job_overrides
             )
             run_dir = resume or str(self._run_dir(trial.number, job))

@@ -17,6 +17,9 @@ log = logging.getLogger(__name__)
 # Trial system attributes written by the sweeper.
 WORKER_ATTR = "captioner_worker"  # random id of the sweeper process that holds the trial
 INTERRUPTED_ATTR = "captioner_interrupted"  # True: FAIL because its worker died or stopped, not the task
+RUN_DIR_ATTR = (
+    "captioner_run_dir"  # the folder the task writes to (its own job folder, or the one it resumes)
+)
 
 
 class WorkerLock:
@@ -102,7 +105,25 @@ def fail_dead_trials(study: optuna.Study, me: str, locks: Path | None) -> None:
             reason = f"worker {worker} died"
         else:
             continue
+        # Before the trial is failed, while nobody can rerun (and resume) its run: MLflow says KILLED too.
+        kill_tracked_run(trial, reason)
         mark_interrupted(study, trial._trial_id, trial.number, reason)
+
+
+def kill_tracked_run(trial: optuna.trial.FrozenTrial, reason: str) -> None:
+    """Mark KILLED the MLflow run a dead trial's task left RUNNING (found through its run folder's spool)."""
+    run_dir = trial.system_attrs.get(RUN_DIR_ATTR)
+    if not run_dir:
+        return
+    from captioner.tracking import kill_abandoned_run
+
+    try:
+        run_id = kill_abandoned_run(Path(run_dir), reason)
+    except Exception as err:  # noqa: BLE001 - MLflow down or refusing: the sweep goes on
+        log.warning(f"trial {trial.number}: its MLflow run in {run_dir} stays RUNNING ({err})")
+        return
+    if run_id is not None:
+        log.info(f"trial {trial.number}: MLflow run {run_id} marked KILLED")
 
 
 @contextmanager
