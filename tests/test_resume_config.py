@@ -53,10 +53,11 @@ def test_a_bare_resume_runs_the_saved_config_not_the_defaults(run: Path) -> None
 def test_more_epochs_are_applied_with_what_follows_them_and_said(run: Path) -> None:
     cfg = composed(f"trainer.resume={run}", "trainer.epochs=5", "trainer.threads=1")
     resumed = resume_run(cfg, given=lambda key: key in ("trainer.epochs", "trainer.threads"))
-    assert resumed.cfg.trainer.epochs == 5 and resumed.cfg.tf.epochs == 5 and resumed.cfg.trainer.threads == 1
+    assert resumed.cfg.trainer.epochs == 5 and resumed.cfg.tf.epochs == 5
+    assert resumed.cfg.trainer.threads == "1"
     assert resumed.overrides == [
         "resume: trainer.epochs 3 -> 5 (from the command line)",
-        "resume: trainer.threads 0 -> 1 (from the command line)",
+        "resume: trainer.threads auto -> 1 (from the command line)",
         "resume: tf.epochs 3.0 -> 5.0 (follows trainer.epochs)",
     ]
 

@@ -418,8 +418,8 @@ def test_a_pruned_training_trial_ends_killed_in_mlflow_with_its_epoch(tmp_path: 
         "logger=mlflow",
         f"logger.tracking_uri={uri}",
         "trainer.epochs=2",
-        # any validation score is below 1000: pruned at its first report
-        "hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:1000.0}",
+        "hydra/sweeper/pruner=threshold",
+        "hydra.sweeper.pruner.lower=1000",  # every validation score is below: pruned at its first report
     )
     proc = subprocess.run(cmd, cwd=APP.parents[1], env=TRAIN_ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # pruned counts as finished
