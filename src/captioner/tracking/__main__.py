@@ -71,7 +71,8 @@ def sync(target: Path, tracking_uri: str | None = None) -> str:
     summary = f"sent {len(state.pending)} records to MLflow run {sender.run_id} at {uri}"
     if not state.ended:
         summary += (
-            " (the spool has no end record: the run's process was killed; it stays RUNNING until resumed)"
+            " (the spool has no end record: the run's process was killed; it stays RUNNING, or KILLED where"
+            " a sweep closed it, until resumed)"
         )
     return summary
 
