@@ -407,31 +407,6 @@ def test_a_dead_trials_mlflow_run_ends_killed_and_a_closed_one_is_left_alone(tmp
     assert client.get_run(run_ids["closed"]).info.status == "FINISHED"
 
 
-@pytest.mark.slow  # a real tiny training, pruned after its first epoch (~40 s)
-def test_a_pruned_training_trial_ends_killed_in_mlflow_with_its_epoch(tmp_path: Path) -> None:
-    from mlflow.tracking import MlflowClient
-
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    cmd = training_sweep_cmd(
-        tmp_path,
-        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-        "logger=mlflow",
-        f"logger.tracking_uri={uri}",
-        "trainer.epochs=2",
-        "hydra/sweeper/pruner=threshold",
-        "hydra.sweeper.pruner.lower=1000",  # every validation score is below: pruned at its first report
-    )
-    proc = subprocess.run(cmd, cwd=APP.parents[1], env=TRAIN_ENV, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]  # pruned counts as finished
-    (trial,) = load(tmp_path).trials
-    assert trial.state == TrialState.PRUNED
-    client = MlflowClient(tracking_uri=uri)
-    experiments = [e.experiment_id for e in client.search_experiments()]
-    (run,) = client.search_runs(experiments, filter_string="tags.`sweep.trial` = '0'")
-    assert run.info.status == "KILLED"
-    assert run.data.tags["pruned"] == "true" and run.data.tags["pruned.epoch"] == "1"
-
-
 @pytest.mark.slow  # a real tiny training, killed after its first epoch and resumed (~1 min)
 def test_killed_training_trial_resumes_from_its_last_checkpoint(tmp_path: Path) -> None:
     import torch

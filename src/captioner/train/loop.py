@@ -28,13 +28,8 @@ from captioner.runtime.threads import configure_threads
 from captioner.train.divergence import TrainingError, raise_if_weights_diverged
 from captioner.train.epoch import RunPruned, ValidationCallback, train_one_epoch, validate
 from captioner.train.resume import command_line_keys, resume_run
-from captioner.train.state import (
-    Progress,
-    check_checkpoint_fits,
-    checkpoint_state,
-    rank_seed,
-    seed_everything,
-)
+from captioner.train.saved_config import check_checkpoint_fits
+from captioner.train.state import Progress, checkpoint_state, rank_seed, seed_everything
 from captioner.train.validate import validate_config
 
 # Progress, TrainingError and seed_everything are imported from here (tests, the feature cache).

@@ -107,7 +107,7 @@ def build_objective(
 def init_from(model: torch.nn.Module, path: str, vocab: Vocab, cfg: DictConfig) -> None:
     """Load another run's model weights (not its optimiser or counters) to start a new training stage."""
     from captioner.runtime import checkpoint as ckpt
-    from captioner.train.state import check_checkpoint_fits
+    from captioner.train.saved_config import check_checkpoint_fits
 
     state = ckpt.load_checkpoint(path)
     check_checkpoint_fits(state, vocab, cfg, f"trainer.init_from={path}")

@@ -26,16 +26,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from captioner.errors import ConfigError
 from captioner.tracking import flatten
-from captioner.train.state import (
+from captioner.train.saved_config import (
     UNSET,
-    Progress,
     checkpoint_config,
     config_differences,
     describe,
     format_value,
-    load_resume,
-    resume_checkpoint,
 )
+from captioner.train.state import Progress, load_resume, resume_checkpoint
 
 # What a resume may take from the command line, each with why it cannot change the epochs already trained
 # (a key also covers the keys under it). Every other key must equal the saved value. Keys the config
