@@ -38,6 +38,7 @@ SETTINGS: dict[str, tuple[str, dict[str, str]]] = {
     f"threads={os.cpu_count()}": (str(os.cpu_count()), {}),
     f"threads={os.cpu_count()} passive": (str(os.cpu_count()), {"OMP_WAIT_POLICY": "PASSIVE"}),
     "auto": ("auto", {}),
+    "auto passive": ("auto", {"OMP_WAIT_POLICY": "PASSIVE"}),
 }
 DEFAULT = "auto"  # captioner.config.TrainerConfig.threads
 TARGET_ALONE, TARGET_SHARED = 0.95, 0.75
