@@ -764,6 +764,14 @@ def _threads(d: dict[str, Any]) -> list[str]:
     )
     if targets:
         lines += ["", "Targets: " + ", ".join(f"{k} >= {v:g}" for k, v in targets.items()) + "."]
+    ceiling = d.get("busy_vs_alone_ceiling")
+    if ceiling is not None:
+        lines += [
+            "",
+            f"Ceiling on this machine: a default within {targets.get('alone_vs_best', 0.95):g} of the best "
+            f"alone keeps at most {ceiling:.3f} of its speed beside a busy core (the idle cores' speed, or "
+            "the fair scheduler's N/(N+1) share of every core; `bench/threads.py` explains).",
+        ]
     return lines
 
 
