@@ -7,6 +7,7 @@ train.py and evaluate.py with one line and status 1, not Hydra's traceback.
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -99,3 +100,17 @@ def test_train_exits_1_with_one_line_when_a_checkpoint_cannot_be_written(
     line = error_line(proc, 1)
     assert line.startswith(f"error: cannot write {run / 'last.pt'} (Is a directory); ")
     assert (run / "best.pt").is_file()  # what was saved before the failure is kept
+
+
+def test_train_writes_its_metrics_when_the_figures_cannot_be_written(
+    tiny_run: TinyRun, tmp_path: Path
+) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "figures").write_text("a file in the way of the figures folder")
+    proc = train_tiny(tiny_run, f"hydra.run.dir={run}", "trainer.figures=2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    skipped = [line for line in proc.stdout.splitlines() if "attention figures skipped" in line]
+    assert len(skipped) == 1 and f"cannot write {run / 'figures'}" in skipped[0], proc.stdout[-3000:]
+    assert json.loads((run / "metrics.json").read_text())["test"]  # the test metrics are kept

@@ -21,7 +21,7 @@ from captioner.decode import decode
 from captioner.errors import DataError
 from captioner.evaluation.checkpoint import check_decode
 from captioner.model.load import Loaded
-from captioner.runtime.files import write_json_atomic
+from captioner.runtime.files import open_atomic, write_json_atomic
 from captioner.viz import attention_figure
 
 
@@ -136,7 +136,8 @@ def _quantize_png(path: Path) -> None:
     """Rewrite a figure as a 256-colour PNG: photo panels compress ~3x smaller, no visible change."""
     with Image.open(path) as im:
         small = im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE)
-    small.save(path, optimize=True)
+    with open_atomic(path) as f:
+        small.save(f, format="PNG", optimize=True)
 
 
 def write_captions(out_dir: Path, done: Sequence[Captioned], skipped: Sequence[Skipped]) -> Path:

@@ -13,6 +13,7 @@ torch only, not captioner's model code.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import sys
@@ -24,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from captioner.data.vocab import END_ID, PAD_ID, START_ID, Vocab
-from captioner.errors import CaptionerError, ConfigError, DataError, require
+from captioner.errors import CaptionerError, ConfigError, DataError, SaveError, require
+from captioner.runtime.files import write_atomic
 
 
 class GreedyCaptioner(nn.Module):
@@ -88,12 +90,13 @@ def export_program(checkpoint: str | Path, out: str | Path, max_len: int = 30) -
         warnings.filterwarnings("ignore", message=".*_flat_weights.*were assigned during export")
         program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"image_size": loaded.image_size, "max_len": max_len, "checkpoint": Path(checkpoint).name}
     extra = {"vocab.json": json.dumps(loaded.vocab.itos), "meta.json": json.dumps(meta)}
-    tmp = out.with_name(f".{out.name}.tmp")
-    torch.export.save(program, tmp, extra_files=extra)
-    tmp.replace(out)  # atomic: never a half-written export under the final name
+    # In memory first: on a full disk torch's zip writer aborts the process from its destructor (torch
+    # 2.14) instead of raising; write_atomic then gives one line and never a half-written export.
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files=extra)
+    write_atomic(out, buffer.getvalue())
     return out
 
 
@@ -123,7 +126,8 @@ KEYS = ("checkpoint", "out", "max_len")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI: ``checkpoint=... [out=best.pt2] [max_len=30]``; one-line errors, status 2."""
+    """CLI: ``checkpoint=... [out=best.pt2] [max_len=30]``; one-line errors: status 2, or 1 when ``out``
+    cannot be written (a full disk)."""
     from omegaconf import OmegaConf
 
     try:
@@ -137,9 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         max_len = args.get("max_len", 30)
         require(isinstance(max_len, int), f"max_len={max_len!r} must be an int")
         path = export_program(checkpoint, out, max_len)
-    except CaptionerError as err:
+    except (CaptionerError, SaveError) as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(err, SaveError) else 2
     print(f"exported greedy captioner (max_len={max_len}) to {path}")
     return 0
 

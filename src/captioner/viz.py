@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from captioner.runtime.files import open_atomic
+
 
 def upsample_alpha(
     alpha: torch.Tensor | np.ndarray, grid: tuple[int, int], size: tuple[int, int]
@@ -59,7 +61,9 @@ def attention_figure(
         ax.set_title(word, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    try:
+        with open_atomic(path) as f:  # a full disk: one line naming the file, no half-written PNG
+            fig.savefig(f, format="png", dpi=80)
+    finally:
+        plt.close(fig)
     return path

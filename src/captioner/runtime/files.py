@@ -45,12 +45,17 @@ def open_atomic(path: str | Path) -> Iterator[IO[bytes]]:
         if tmp is not None:
             Path(tmp).unlink(missing_ok=True)
         if isinstance(err, OSError) and not isinstance(err, SaveError):
-            reason = err.strerror or str(err) or type(err).__name__
-            raise SaveError(
-                f"cannot write {path} ({reason}); its previous content, if any, is unchanged: "
-                "free disk space or fix the folder's permissions, then run again"
-            ) from err
+            raise save_error(path, err) from err
         raise
+
+
+def save_error(path: str | Path, err: OSError) -> SaveError:
+    """The one-line :class:`SaveError` for an OSError while writing ``path`` (a full disk, no permission)."""
+    reason = err.strerror or str(err) or type(err).__name__
+    return SaveError(
+        f"cannot write {path} ({reason}); its previous content, if any, is unchanged: "
+        "free disk space or fix the folder's permissions, then run again"
+    )
 
 
 def write_atomic(path: str | Path, data: bytes) -> None:

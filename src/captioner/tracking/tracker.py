@@ -20,13 +20,15 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from itertools import islice
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from captioner.tracking.sender import METRICS_PER_BATCH, Sender, first_line, is_permanent, take_batch
 from captioner.tracking.spool import SPOOL_NAME, Spool, read_spool
+
+T = TypeVar("T")
 
 SWEEP_STUDY_ENV, SWEEP_TRIAL_ENV = "CAPTIONER_SWEEP_STUDY", "CAPTIONER_SWEEP_TRIAL"  # set by our sweeper
 RETRY_PAUSES_S = (2.0, 4.0, 8.0, 15.0, 30.0)  # pause before the 1st, 2nd, ... retry of a failing server
@@ -89,6 +91,7 @@ class MlflowTracker(NullTracker):
         self._cond = threading.Condition()
         self._pending: deque[dict[str, Any]] = deque()
         self._overflow = False  # some pending records are only in the spool file
+        self._spool_failed = False  # the spool could not be written (said once)
         self._failures = 0  # consecutive failed attempts (0: the server is answering)
         self._next_try = 0.0
         self._closing = False  # finish() was called: exit once drained
@@ -162,11 +165,8 @@ class MlflowTracker(NullTracker):
 
     def _append(self, record: dict[str, Any]) -> None:
         """Write a record to the spool and queue it for the sender (never blocks on the network)."""
-        try:
-            record = self.spool.append(record)
-        except OSError as err:  # a full disk must not stop training; the record goes from memory only
-            warn(f"cannot write {self.spool.path} ({first_line(err)}); tracking goes on without it")
-            record = {"seq": -1, **record}
+        spooled = self._to_spool(lambda: self.spool.append(record))
+        record = spooled if spooled is not None else {"seq": -1, **record}  # sent from memory only
         with self._cond:
             if self._overflow or len(self._pending) >= MAX_PENDING:
                 self._overflow = True
@@ -217,9 +217,9 @@ class MlflowTracker(NullTracker):
     def _sent(self, batch: list[dict[str, Any]]) -> None:
         seq = batch[-1]["seq"]
         if batch[0]["op"] == "start" and self.sender.run_id:
-            self.spool.note_run(self.sender.run_id)
+            self._to_spool(lambda: self.spool.note_run(self.sender.run_id))
         if seq >= 0:
-            self.spool.ack(seq)
+            self._to_spool(lambda: self.spool.ack(seq))
         with self._cond:
             for _ in batch:
                 self._pending.popleft()
@@ -227,6 +227,16 @@ class MlflowTracker(NullTracker):
                 print(f"MLflow at {self.uri} answers again; sending the delayed records", file=sys.stderr)
             self._failures, self._next_try = 0, 0.0
             self._last_progress = time.monotonic()
+
+    def _to_spool(self, write: Callable[[], T]) -> T | None:
+        """``write()`` to the spool; a full disk must not stop training: one warning, then None."""
+        try:
+            return write()
+        except OSError as err:
+            if not self._spool_failed:
+                self._spool_failed = True
+                warn(f"cannot write {self.spool.path} ({first_line(err)}); tracking goes on without it")
+            return None
 
     def _failed(self, err: BaseException) -> None:
         with self._cond:
