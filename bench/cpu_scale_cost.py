@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from train_speed import make_batch
 
 from captioner.config import TEST_METRICS
-from captioner.metrics.text import evaluate_captions, meteor_unavailable
+from captioner.metrics import evaluate_captions, meteor_unavailable
 from captioner.model.decoder import Decoder
 from captioner.model.loss import caption_loss
 

@@ -8,15 +8,14 @@ sweeps/results/*.json (sweeps/report.py writes them), so prose and data cannot d
 here says what each table measures and how to reproduce it, and carries no number; commits, machines
 and load averages stay in the JSON each section links. A benchmark whose JSON is absent gets a line
 naming the command that writes it. The sweep tables and their formatting (mean [95% CI], verdicts, MDE,
-seeds to decide) are sweeps/report.py's own, imported from it so the page prints what the per-group
-reports print. Any number of seeds works (each report names its seeds), with or without archived
+seeds to decide) are sweeps/report_render.py's own, imported from it so the page prints what the
+per-group reports print. Any number of seeds works (each report names its seeds), with or without archived
 reports (sweeps/results/<n>seeds/).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import math
 import re
@@ -30,16 +29,15 @@ SUMMARY = Path("docs/results_summary.md")
 FIX = "make results"
 
 
-def _report_module() -> Any:
-    """sweeps/report.py, loaded by path (it is a script, not part of the package), as its tests load it."""
-    spec = importlib.util.spec_from_file_location("sweep_report", ROOT / "sweeps" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# sweeps/ holds scripts, not a package: its report modules import each other as `python sweeps/report.py` does.
+sys.path.insert(0, str(ROOT / "sweeps"))
 
+import report_collect  # noqa: E402
+import report_render  # noqa: E402
 
-report = _report_module()
-fmt = report._fmt  # "–" for None/NaN, an exponent for tiny numbers: one number format on every page
+from captioner.ablation import Interval  # noqa: E402
+
+fmt = report_render.fmt  # "–" for None/NaN, an exponent for tiny numbers: one number format on every page
 
 
 # ---------------------------------------------------------------------------------------- plumbing
@@ -333,7 +331,7 @@ ABLATION_TITLE = "The seed's ablations, replicated over seeds"
 def _claims_config() -> dict[str, Any]:
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(report.CLAIMS))
+    return OmegaConf.to_container(OmegaConf.load(report_collect.CLAIMS))
 
 
 # Smoke-scale reports check the machinery, not the claims; git ignores them, so a checkout may or may not have them.
@@ -354,7 +352,7 @@ def _reports(sweeps: Path, groups: list[str]) -> dict[str, dict[str, dict[str, A
 
 def _archives(sweeps: Path) -> list[tuple[int, Path]]:
     """Archived reports, sweeps/results/<n>seeds/, by n."""
-    pattern = re.compile(report.ARCHIVE.format(n=r"(\d+)") + "$")
+    pattern = re.compile(report_render.ARCHIVE.format(n=r"(\d+)") + "$")
     return sorted(
         (int(m.group(1)), p) for p in sweeps.iterdir() if p.is_dir() and (m := pattern.match(p.name))
     )
@@ -362,14 +360,14 @@ def _archives(sweeps: Path) -> list[tuple[int, Path]]:
 
 def _kind(verdict: str) -> str:
     """holds / contradicted / not distinguishable / not tested / no verdict / not run: the verdict, seeds aside."""
-    return next((k for k in (*report.VERDICT_KINDS, "not run") if verdict.startswith(k)), verdict)
+    return next((k for k in (*report_render.VERDICT_KINDS, "not run") if verdict.startswith(k)), verdict)
 
 
 def _baseline_f1(s: dict[str, Any], target: float | None) -> str:
     f1 = s["versions"].get(s["baseline"], {}).get("metrics", {}).get("test.object_f1")
     if not f1:
         return "–"
-    cell = report._ci(report.Interval(**report._interval_args(f1)), 3)
+    cell = report_render.ci_cell(Interval(**report_render.interval_args(f1)), 3)
     if target is not None:
         cell += f" (target >= {target:g}: {'met' if f1['mean'] >= target else 'missed'})"
     return cell
@@ -395,7 +393,7 @@ def ablation_section(sweeps: Path) -> list[str]:
         "are also checked on val CIDEr-D and test object F1, because BLEU-4 rewards fluent caption templates "
         "on shapes. No quality verdict is given while a group's baseline has not learned.",
     )
-    lines += [report.VERDICTS, ""]
+    lines += [report_render.VERDICTS, ""]
     if not by_scale:
         return lines + [
             "No sweep report yet: `make sweep GROUP=<group> SCALE=cpu` writes `sweeps/results/<group>_cpu.json`.",
@@ -425,8 +423,8 @@ def ablation_section(sweeps: Path) -> list[str]:
                     _seeds(s),
                     s["baseline"],
                     _baseline_f1(s, f1_target),
-                    report._verdict_counts(s["claims"]),
-                    report._decisive(s["claims"]),
+                    report_render.verdict_counts(s["claims"]),
+                    report_render.decisive_share(s["claims"]),
                 ]
                 for group, s in reports.items()
             ],
@@ -458,14 +456,14 @@ def _group(group: str, scale: str, s: dict[str, Any], f1_target: float | None) -
             "no verdict; wall-time claims still do.",
             "",
         ]
-    return lines + [*report.versions_table(s), "", *report.claims_table(s), ""]
+    return lines + [*report_render.versions_table(s), "", *report_render.claims_table(s), ""]
 
 
 def _pairs(c: dict[str, Any] | None) -> str:
     if c is None:
         return "–"
-    digits = report._digits(c["metric"])
-    return "<br>".join(report.pair_difference(p, digits) for p in c["pairs"]) or "–"
+    digits = report_render.digits_of(c["metric"])
+    return "<br>".join(report_render.pair_difference(p, digits) for p in c["pairs"]) or "–"
 
 
 def _by_seeds(sweeps: Path, scale: str, reports: dict[str, dict[str, Any]]) -> list[str]:
@@ -474,7 +472,7 @@ def _by_seeds(sweeps: Path, scale: str, reports: dict[str, dict[str, Any]]) -> l
     archives = _archives(sweeps)
     if not archives:
         return [
-            f"No archived report at scale `{scale}`: `sweeps/results/{report.ARCHIVE.format(n='<n>')}/` keeps a "
+            f"No archived report at scale `{scale}`: `sweeps/results/{report_render.ARCHIVE.format(n='<n>')}/` keeps a "
             "group's report from before seeds were added to it, and this page then compares the verdicts.",
             "",
         ]
@@ -949,7 +947,7 @@ def _ablation_summary(sweeps: Path) -> list[str]:
                 [
                     group if len(by_scale) == 1 else f"{group} ({scale})",
                     str(len(s["seeds"])),
-                    report._decisive(s["claims"]),
+                    report_render.decisive_share(s["claims"]),
                     ", ".join(ids["holds"]) or "–",
                     ", ".join(ids["contradicted"]) or "–",
                 ]

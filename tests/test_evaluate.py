@@ -18,7 +18,7 @@ from captioner.evaluation.checkpoint import (
     resolve_data_root,
     resolve_splits,
 )
-from captioner.metrics.text import meteor_unavailable
+from captioner.metrics import meteor_unavailable
 from captioner.model.load import load_captioner
 
 TEXT_COLUMNS = ["bleu1", "bleu2", "bleu3", "bleu4", "rouge_l", "cider_d"]

@@ -16,15 +16,16 @@ from captioner.metrics import (
     bleu,
     cider_d,
     evaluate_captions,
+    java,
     meteor,
     meteor_unavailable,
+    ngram,
     per_caption,
     rouge_l,
     score_captions,
     spice,
     spice_unavailable,
 )
-from captioner.metrics import text as metrics_text
 
 FLICKR8K = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flickr8k"
 # Points on the 0-100 scale, what the README promises; measured: BLEU, ROUGE-L and CIDEr-D differ from coco
@@ -147,7 +148,7 @@ def test_lcs_matches_dynamic_programming():
     for _ in range(300):
         a = [rng.choice("abcde") for _ in range(rng.randint(0, 15))]
         b = [rng.choice("abcdef") for _ in range(rng.randint(0, 15))]
-        assert metrics_text._lcs_length(a, b) == lcs_dp(a, b)
+        assert ngram._lcs_length(a, b) == lcs_dp(a, b)
 
 
 def test_bad_inputs_raise_one_line_errors():
@@ -176,9 +177,9 @@ def test_meteor_without_java_returns_none_and_is_reported(monkeypatch):
 
 
 def test_meteor_jar_env_var_must_exist(monkeypatch, tmp_path):
-    monkeypatch.setenv(metrics_text.METEOR_JAR_ENV, str(tmp_path / "missing.jar"))
+    monkeypatch.setenv(java.METEOR_JAR_ENV, str(tmp_path / "missing.jar"))
     with pytest.raises(DataError, match="missing.jar is not a file"):
-        metrics_text.find_meteor_jar()
+        java.find_meteor_jar()
 
 
 def test_spice_reports_why_it_cannot_run():

@@ -97,14 +97,15 @@ def _runs(seeds: range) -> list[dict]:
 def test_seeds_come_from_the_reports_and_a_changed_verdict_is_named(tmp_path: Path) -> None:
     """A 5-seed report beside its archived 2-seed one: the page counts seeds from each JSON and names
     every claim whose verdict moved between them."""
-    report = build.report
     sweeps = tmp_path / "sweeps"
     (sweeps / "2seeds").mkdir(parents=True)
     for path, seeds in (
         (sweeps / "optim_dropout_cpu.json", 5),
         (sweeps / "2seeds" / "optim_dropout_cpu.json", 2),
     ):
-        path.write_text(json.dumps(report.summarize("optim_dropout", "cpu", _runs(range(seeds)))))
+        path.write_text(
+            json.dumps(build.report_collect.summarize("optim_dropout", "cpu", _runs(range(seeds))))
+        )
 
     page = build.render(tmp_path / "no-bench", sweeps)[build.PAGE]
     assert "| [optim_dropout](#optim_dropout-at-cpu) | 5 (0, 1, 2, 3, 4) | v15 |" in page

@@ -1,23 +1,18 @@
 """sweeps/report.py on a synthetic sweep in a temporary MLflow store: per-seed runs in, verdicts, files and parent metrics out."""
 
-import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "sweeps"))  # as `python sweeps/report.py` finds its modules
 
-
-def _report_module():
-    spec = importlib.util.spec_from_file_location("sweep_report", REPO / "sweeps" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-report = _report_module()
+import report_collect  # noqa: E402
+import report_publish  # noqa: E402
+import report_render  # noqa: E402
 
 # Known per-seed results: v17 beats v15 by 2 +- 0.1, v16 is v15 +- 0.1, both above competence.
 BLEU = {"v15": [30.0, 31.0, 29.5], "v16": [30.1, 30.9, 29.5], "v17": [32.0, 33.1, 31.4]}
@@ -67,7 +62,7 @@ def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
     client = MlflowClient(tracking_uri=uri)
     parent = _sweep(client, "sweep-optim_dropout-cpu", BLEU, F1)
 
-    runs = report.collect(uri, "sweep-optim_dropout-cpu")
+    runs = report_collect.collect(uri, "sweep-optim_dropout-cpu")
     assert [(r["version"], r["seed"]) for r in runs] == [(v, s) for v in BLEU for s in range(3)]
     first = runs[0]["metrics"]
     assert (
@@ -75,7 +70,7 @@ def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
     )  # at the best validation, not the last
     assert first["time.train_s"] == 10.0 and runs[0]["best_validation"] == "1 of 2"
 
-    s = report.summarize("optim_dropout", "cpu", runs)
+    s = report_collect.summarize("optim_dropout", "cpu", runs)
     claims = {c["id"]: c for c in s["claims"]}
     assert claims["adamw_same_as_adam"]["verdict"] == "holds"  # v16 - v15 CI inside +-1
     assert claims["more_dropout_helps"]["verdict"] == "holds"
@@ -83,13 +78,13 @@ def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
     v17 = s["versions"]["v17"]["metrics"]["val.bleu4"]
     assert v17["n"] == 3 and v17["mean"] == pytest.approx(32.1666667)
 
-    files = report.write(s, tmp_path / "results" / "optim_dropout_cpu")
+    files = report_publish.write(s, tmp_path / "results" / "optim_dropout_cpu")
     md = files[0].read_text()
     assert "| more_dropout_helps |" in md and "**holds**" in md and "Baseline v15 is competent" in md
     assert json.loads(files[1].read_text())["claims"][0]["id"] == "adamw_same_as_adam"
     assert files[2].stat().st_size > 1000
 
-    assert report.log_to_parent(uri, s, files) == parent
+    assert report_publish.log_to_parent(uri, s, files) == parent
     logged = client.get_run(parent).data
     assert logged.metrics["v17.val_bleu4.mean"] == pytest.approx(v17["mean"])
     assert logged.metrics["v17.val_bleu4.ci_low"] == pytest.approx(v17["ci_low"])
@@ -100,18 +95,18 @@ def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
         f"report/optim_dropout_cpu.{x}" for x in ("md", "json", "png")
     }
     # One summary run per version under the parent, updated (not duplicated) when the report reruns.
-    assert report.log_to_parent(uri, s, files) == parent
+    assert report_publish.log_to_parent(uri, s, files) == parent
     children = client.search_runs(
-        [client.get_run(parent).info.experiment_id], f"tags.`{report.SUMMARY_TAG}` != ''"
+        [client.get_run(parent).info.experiment_id], f"tags.`{report_publish.SUMMARY_TAG}` != ''"
     )
     assert sorted(r.info.run_name for r in children) == [f"{v} mean of 3 seeds" for v in BLEU]
-    summary = next(r for r in children if r.data.tags[report.SUMMARY_TAG] == "v17").data
+    summary = next(r for r in children if r.data.tags[report_publish.SUMMARY_TAG] == "v17").data
     assert summary.metrics["bleu4_val_mean"] == pytest.approx(v17["mean"]) and summary.tags["n_seeds"] == "3"
     assert summary.tags["mlflow.parentRunId"] == parent and "bleu4_val_seed" not in summary.metrics  # "n/a"
     assert summary.metrics["bleu4_val_ci95"] == pytest.approx(v17["ci_high"] - v17["mean"])
     assert {"cider_d_val_mean", "object_f1_test_mean", "time_train_s_mean"} <= set(summary.metrics)
     assert summary.params["seed_flags"] == "--v17"
-    assert len(report.collect(uri, "sweep-optim_dropout-cpu")) == 9  # summaries are not trials
+    assert len(report_collect.collect(uri, "sweep-optim_dropout-cpu")) == 9  # summaries are not trials
     # A rerun after a config change is a new study in the same experiment: only its trials count.
     exp_id = client.get_run(parent).info.experiment_id
     tags = {"seed_version": "v15", "seed_flags": "--v15", "sweep.study": "study-2"}
@@ -120,14 +115,15 @@ def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
     client.log_batch(rerun, metrics=[Metric("val.bleu4", 40.0, 0, 10)])
     client.set_terminated(rerun)
     assert [
-        (r["version"], r["metrics"]["val.bleu4"]) for r in report.collect(uri, "sweep-optim_dropout-cpu")
+        (r["version"], r["metrics"]["val.bleu4"])
+        for r in report_collect.collect(uri, "sweep-optim_dropout-cpu")
     ] == [("v15", 40.0)]
-    url = report.compare_url(uri, parent)
+    url = report_publish.compare_url(uri, parent)
     assert url.startswith("http://127.0.0.1:5000/#/compare-runs?runs=") and summary_id(children, "v15") in url
 
 
 def run_record(version: str, seed: int, metrics: dict, **fields: object) -> dict:
-    """One finished run as ``report.collect`` returns it (``fields`` override the defaults)."""
+    """One finished run as ``report_collect.collect`` returns it (``fields`` override the defaults)."""
     return {
         "version": version,
         "seed": seed,
@@ -160,8 +156,8 @@ def test_report_refuses_verdicts_below_competence(tmp_path: Path) -> None:
         for v in smoke
         for seed in range(2)
     ]
-    s = report.summarize("extra_claims", "smoke", runs)
-    md = report.markdown(s)
+    s = report_collect.summarize("extra_claims", "smoke", runs)
+    md = report_render.markdown(s)
     assert "**No verdict: baseline below competence**" in md and "x_base val.bleu4 mean 7.6e-08 < 1" in md
     claims = {c["id"]: c["verdict"] for c in s["claims"]}
     assert claims["att_gamma_2_worse"].startswith("no verdict: baseline below competence")
@@ -173,7 +169,7 @@ def test_report_refuses_verdicts_below_competence(tmp_path: Path) -> None:
 
 def summary_id(runs: list, version: str) -> str:
     """The run id of ``version``'s summary run among ``runs``."""
-    return next(r.info.run_id for r in runs if r.data.tags[report.SUMMARY_TAG] == version)
+    return next(r.info.run_id for r in runs if r.data.tags[report_publish.SUMMARY_TAG] == version)
 
 
 def test_overview_flags_each_group_that_misses_the_scales_targets(tmp_path: Path) -> None:
@@ -197,8 +193,8 @@ def test_overview_flags_each_group_that_misses_the_scales_targets(tmp_path: Path
         for v in f1
         for seed in range(2)
     ]
-    report.write(report.summarize("extra_claims", "cpu", runs), tmp_path / "extra_claims_cpu")
-    table = report.overview("cpu", tmp_path)
+    report_publish.write(report_collect.summarize("extra_claims", "cpu", runs), tmp_path / "extra_claims_cpu")
+    table = report_render.overview("cpu", tmp_path)
     row = next(line for line in table.splitlines() if line.startswith("| extra_claims "))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[1:5] == ["8 (4 x 2 seeds)", "abcdef0", "46.0 (over 45)", "x_base"]
@@ -212,7 +208,6 @@ def test_rejudge_rewrites_a_committed_report_unchanged_and_refuses_other_files(t
     """--rejudge on an unchanged claims.yaml gives the committed JSON back; a wrong path is one line."""
     import shutil
     import subprocess
-    import sys
 
     committed = REPO / "sweeps" / "results" / "tf_scheduler_cpu.json"
     copy = tmp_path / committed.name
@@ -253,22 +248,22 @@ def test_merge_adds_new_seeds_and_refuses_a_committed_number_that_changed() -> N
     """--merge: seeds run later join the committed ones, each sitting keeps its own wall time, and a
     rerun point whose numbers differ from the committed report stops the report naming it."""
     committed, new = _two_sittings()
-    runs = report.merge(committed, new, "committed.json")
+    runs = report_collect.merge(committed, new, "committed.json")
     assert [(r["version"], r["seed"]) for r in runs][:4] == [("v15", 0), ("v15", 1), ("v15", 2), ("v15", 3)]
-    s = report.summarize("optim_dropout", "cpu", runs)
+    s = report_collect.summarize("optim_dropout", "cpu", runs)
     assert s["seeds"] == [0, 1, 2, 3]
     assert [(p["study"], p["seeds"], p["first_start_to_last_end_s"]) for p in s["sittings"]] == [
         ("A", [0], 60.0),  # seed 1 was rerun in B: its record is B's (same numbers)
         ("B", [1, 2, 3], 120.0),
     ]
     assert s["wall_time"]["first_start_to_last_end_s"] == 180.0  # sittings added up, not the days between
-    md = report.markdown(s)
+    md = report_render.markdown(s)
     assert "sweep.first_seed=1 sweep.seeds=4" in md and "--merge sweeps/results/optim_dropout_cpu.json" in md
     committed, new = _two_sittings(changed=1e-9)
     with pytest.raises(
         SystemExit, match=r"1 committed per-seed numbers in committed.json changed: v15 seed 1"
     ):
-        report.merge(committed, new, "committed.json")
+        report_collect.merge(committed, new, "committed.json")
 
 
 def test_undecided_claims_say_how_many_seeds_would_decide_them(tmp_path: Path) -> None:
@@ -285,7 +280,7 @@ def test_undecided_claims_say_how_many_seeds_would_decide_them(tmp_path: Path) -
         )
         for s, b in enumerate(values)
     ]
-    s = report.summarize("optim_dropout", "cpu", runs)
+    s = report_collect.summarize("optim_dropout", "cpu", runs)
     claim = next(c for c in s["claims"] if c["id"] == "more_dropout_helps")
     assert claim["verdict"] == "not distinguishable at 3 seeds"
     (pair,) = claim["pairs"]
@@ -298,13 +293,15 @@ def test_undecided_claims_say_how_many_seeds_would_decide_them(tmp_path: Path) -
     same = next(c for c in s["claims"] if c["id"] == "adamw_same_as_adam")
     assert same["verdict"] == "holds" and same["seeds_needed"] is None  # decided: nothing to add
     (tmp_path / "3seeds").mkdir()
-    report.write(s, tmp_path / "3seeds" / "optim_dropout_cpu")
+    report_publish.write(s, tmp_path / "3seeds" / "optim_dropout_cpu")
     more = runs + [
         run_record(v, 3, {"val.bleu4": 31.0 + (v == "v17") * 3, "test.object_f1": 0.9})
         for v in ("v15", "v16", "v17")
     ]
-    report.write(report.summarize("optim_dropout", "cpu", more), tmp_path / "optim_dropout_cpu")
-    table = report.overview("cpu", tmp_path)
+    report_publish.write(
+        report_collect.summarize("optim_dropout", "cpu", more), tmp_path / "optim_dropout_cpu"
+    )
+    table = report_render.overview("cpu", tmp_path)
     row = next(line for line in table.splitlines() if line.startswith("| optim_dropout "))
     assert row.endswith("| 3 seeds: 1 of 2<br>4 seeds: 1 of 2 |")
     assert "| optim_dropout | more_dropout_helps | 4 |" in table
@@ -318,10 +315,17 @@ def test_committed_reports_keep_every_archived_per_seed_number(archived: Path) -
     """Seeds added to a group (sweep.first_seed) never move the committed 3-seed numbers: the current
     report holds every archived (version, seed) with exactly its numbers."""
     current = json.loads((archived.parents[1] / archived.name).read_text())
-    now = {(r["version"], r["seed"]): report._numbers(r) for r in current["runs"]}
-    before = {(r["version"], r["seed"]): report._numbers(r) for r in json.loads(archived.read_text())["runs"]}
+    now = {(r["version"], r["seed"]): report_collect._numbers(r) for r in current["runs"]}
+    before = {
+        (r["version"], r["seed"]): report_collect._numbers(r)
+        for r in json.loads(archived.read_text())["runs"]
+    }
     assert set(before) <= set(now)
     for point, numbers in before.items():
-        differ = [k for k in numbers if k in now[point] and not report.same_number(numbers[k], now[point][k])]
+        differ = [
+            k
+            for k in numbers
+            if k in now[point] and not report_collect.same_number(numbers[k], now[point][k])
+        ]
         assert not differ, (point, differ)
         assert set(numbers) - set(now[point]) <= {"test.meteor"}, point  # METEOR left scale=cpu at bb5eb11
