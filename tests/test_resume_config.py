@@ -73,3 +73,22 @@ def test_any_other_given_difference_is_refused_in_one_line(run: Path) -> None:
         "may change only trainer.epochs, trainer.device, trainer.threads, logger.* (epochs upwards)"
         in message
     )
+
+
+@pytest.mark.parametrize("start", ["trainer.resume", "trainer.init_from"])
+def test_a_checkpoint_trained_on_another_vocabulary_fails_before_the_data_is_built(
+    start: str, run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from captioner.data.vocab import SPECIALS, Vocab
+    from captioner.errors import CheckpointError
+    from captioner.train import loop
+
+    data_root = tmp_path / "data"
+    data_root.mkdir()
+    Vocab([*SPECIALS, "circle"]).save(data_root / "vocab.json")  # the checkpoint's vocabulary is empty
+    monkeypatch.setattr(loop, "ensure_prepared", lambda *a: data_root)
+    monkeypatch.setattr(loop, "build_data", lambda *a: pytest.fail("the data was built before the check"))
+    source = run if start == "trainer.resume" else run / "last.pt"
+    cfg = composed("tf=linear", "trainer.epochs=3", "logger=none", "trainer.device=cpu", f"{start}={source}")
+    with pytest.raises(CheckpointError, match=f"{start}=.*vocabulary differs"):
+        loop.train(cfg, tmp_path / "new_run")

@@ -113,7 +113,7 @@ def test_missing_init_from_file_is_one_line(tmp_path: Path) -> None:
 def test_init_from_an_incompatible_checkpoint_is_one_line(tmp_path: Path) -> None:
     from captioner.errors import CheckpointError
     from captioner.runtime import checkpoint as ckpt
-    from captioner.train.objective import init_from
+    from captioner.train.objective import init_from, load_init_from
 
     vocab = Vocab([*SPECIALS, "a"])
     model = Captioner(None, Decoder(len(vocab), 8, 8, 8, 8))
@@ -122,11 +122,11 @@ def test_init_from_an_incompatible_checkpoint_is_one_line(tmp_path: Path) -> Non
     ckpt.save_checkpoint(path, {"model": model.state_dict(), "vocab": vocab.itos, "config": saved})
     cfg = OmegaConf.create({"decoder": {"attention": "soft"}, "encoder": {}})
     with pytest.raises(CheckpointError, match=r"decoder.attention: hard \(saved\) vs soft \(given\)"):
-        init_from(model, str(path), vocab, cfg)
+        load_init_from(str(path), vocab, cfg)
     with pytest.raises(CheckpointError, match="vocabulary differs"):
-        init_from(model, str(path), Vocab([*SPECIALS, "b"]), cfg)
+        load_init_from(str(path), Vocab([*SPECIALS, "b"]), cfg)
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="corrupt or not a captioner checkpoint"):
-        init_from(model, str(tmp_path / "junk.pt"), vocab, cfg)
+        load_init_from(str(tmp_path / "junk.pt"), vocab, cfg)
     ckpt.save_checkpoint(path, {"model": model.state_dict(), "vocab": vocab.itos, "config": {}})
-    init_from(model, str(path), vocab, cfg)  # same weights, same config: loads
+    init_from(model, load_init_from(str(path), vocab, cfg), str(path))  # same weights, same config: loads

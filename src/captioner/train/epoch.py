@@ -4,33 +4,22 @@ torchvision's ``train_one_epoch`` and ``evaluate``; ``captioner.train.loop.train
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-import torch
-from omegaconf import DictConfig
-from torch import Tensor
-
-from captioner.data.pipeline import Data
 from captioner.data.records import ImageRecord
-from captioner.data.vocab import Vocab
 from captioner.errors import ConfigError
 from captioner.evaluation import evaluate_split
 from captioner.model.build import update_finetune
 from captioner.progress import is_terminal
 from captioner.progress import progress as progress_bar
-from captioner.runtime.distributed import DistInfo, all_reduce_mean, broadcast_object
+from captioner.runtime.distributed import all_reduce_mean, broadcast_object
 from captioner.train.divergence import RunningLoss, raise_if_diverged
 from captioner.train.optim import clip_gradients
-from captioner.train.state import Progress
-from captioner.train.teacher_forcing import build_schedule
+from captioner.train.run import TrainingRun, ValidationCallback
 
-# Called after each validation with (metric, epoch); the entry point passes the sweep's pruning
-# report here, so the loop never imports the sweeper. It raises RunPruned to stop the run.
-ValidationCallback = Callable[[float, int], None]
+# ValidationCallback is imported from here (captioner.train.loop re-exports it).
+__all__ = ["EpochStats", "RunPruned", "Validation", "ValidationCallback", "train_one_epoch", "validate"]
 
 
 class RunPruned(Exception):
@@ -51,31 +40,18 @@ class EpochStats:
     captions_per_s: float
 
 
-def train_one_epoch(
-    train_model: torch.nn.Module,
-    model: torch.nn.Module,
-    objective: Callable[..., tuple[Tensor, dict[str, Tensor]]],
-    optimizer: torch.optim.Optimizer,
-    scheduler: Any,
-    scaler: torch.amp.GradScaler,
-    data: Data,
-    epoch: int,
-    progress: Progress,
-    tracker: Any,
-    cfg: DictConfig,
-    autocast: AbstractContextManager,
-    device: torch.device,
-    dist_info: DistInfo,
-    run_dir: Path,
-) -> EpochStats:
-    """One epoch of optimiser steps (``trainer.accumulate`` micro-batches each) on ``train_model``.
+def train_one_epoch(run: TrainingRun, epoch: int) -> EpochStats:
+    """One epoch of optimiser steps (``trainer.accumulate`` micro-batches each) on ``run.train_model``.
 
-    ``model`` is the unwrapped module (fine-tuning switch, gradient clipping). Losses are checked for
+    ``run.model`` is the unwrapped module (fine-tuning switch, gradient clipping). Losses are checked for
     NaN/inf at every ``trainer.log_every``-th step and at the epoch's end, where a TrainingError
     names the last good checkpoint (no checkpoint is written after a bad step).
     """
-    t = cfg.trainer
-    tf_schedule = build_schedule(**cfg.tf)
+    model, train_model, objective, data = run.model, run.train_model, run.objective, run.data
+    optimizer, scheduler, scaler, tf_schedule = run.optimizer, run.scheduler, run.scaler, run.tf_schedule
+    progress, tracker, autocast = run.progress, run.tracker, run.autocast
+    device, dist_info = run.device, run.dist_info
+    t = run.cfg.trainer
     data.set_epoch(epoch)
     train_model.train()
     bar = progress_bar(
@@ -109,7 +85,7 @@ def train_one_epoch(
         log_step = progress.step % t.log_every == 0
         if log_step:  # the host reads the losses here (and on a live bar), not after every step
             meter.read()
-            raise_if_diverged(meter, epoch, run_dir, dist_info)
+            raise_if_diverged(meter, epoch, run.run_dir, dist_info)
         if log_step or live or i + 1 == len(data.train):  # the closing line shows the epoch's last step
             bar.set_postfix(
                 **({"reward": f"{float(parts['reward']):.3f}"} if "reward" in parts else {}),
@@ -130,7 +106,7 @@ def train_one_epoch(
                 step=progress.step,
             )
     meter.read()
-    raise_if_diverged(meter, epoch, run_dir, dist_info)
+    raise_if_diverged(meter, epoch, run.run_dir, dist_info)
     seconds = time.perf_counter() - started
     # Wall time of the epoch's training steps (not validation, not the feature cache): what the seed's
     # speed claims compare (bucket sampler, encoder_dim). MLflow only: metrics.json stays deterministic.
@@ -147,31 +123,19 @@ class Validation:
     line: str
 
 
-def validate(
-    model: torch.nn.Module,
-    data: Data,
-    vocab: Vocab,
-    records: dict[str, ImageRecord],
-    cfg: DictConfig,
-    device: torch.device,
-    dist_info: DistInfo,
-    autocast: AbstractContextManager,
-    progress: Progress,
-    scheduler: Any,
-    tracker: Any,
-    on_validation: ValidationCallback | None,
-) -> Validation:
-    """Score the val split, step a plateau LR schedule, update best and patience in ``progress``, log."""
-    t = cfg.trainer
+def validate(run: TrainingRun) -> Validation:
+    """Score the val split, step a plateau LR schedule, update best and patience in ``run.progress``, log."""
+    progress, records, tracker, dist_info = run.progress, run.records, run.tracker, run.dist_info
+    t = run.cfg.trainer
     result = evaluate_split(
-        model,
-        data.eval["val"],
-        vocab,
+        run.model,
+        run.data.eval["val"],
+        run.vocab,
         records,
-        cfg.decode,
-        device,
+        run.cfg.decode,
+        run.device,
         dist_info,
-        autocast,
+        run.autocast,
         keep_alphas=None if _has_ground_truth(records) else 0,
     )
     metric = broadcast_object(result.metrics.get(t.early_stop.metric), dist_info)
@@ -180,7 +144,7 @@ def validate(
             f"trainer.early_stop.metric={t.early_stop.metric!r} is not computed; "
             f"choose one of {sorted(result.metrics)}"
         )
-    scheduler.step_validation(metric)
+    run.scheduler.step_validation(metric)
     improved = progress.best is None or (
         metric > progress.best if t.early_stop.mode == "max" else metric < progress.best
     )
@@ -193,8 +157,8 @@ def validate(
     if improved:  # the best validation as numbers the MLflow UI can sort and compare
         best = {f"best.{k}": v for k, v in result.metrics.items()}
         tracker.log_metrics({**best, "best.epoch": progress.epoch}, step=progress.step)
-    if on_validation is not None:
-        on_validation(metric, progress.epoch)
+    if run.on_validation is not None:
+        run.on_validation(metric, progress.epoch)
     shown = {k: result.metrics[k] for k in ("bleu4", "cider_d", "object_f1") if k in result.metrics}
     line = " | val " + " ".join(f"{k} {v:.3g}" for k, v in shown.items())
     line += " (best)" if improved else f" (best {progress.best:.3g} @ {progress.best_epoch})"

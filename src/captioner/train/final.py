@@ -2,42 +2,25 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
-from pathlib import Path
-from typing import Any
-
 import torch
-from omegaconf import DictConfig
 
-from captioner.data.pipeline import Data
-from captioner.data.records import ImageRecord
-from captioner.data.vocab import Vocab
 from captioner.errors import SaveError
 from captioner.evaluation import SplitResult, evaluate_split
 from captioner.evaluation.report import sample_lines
 from captioner.progress import log_line
 from captioner.runtime import checkpoint as ckpt
-from captioner.runtime.distributed import DistInfo
+from captioner.train.run import TrainingRun
 
 
-def final_evaluation(
-    cfg: DictConfig,
-    model: torch.nn.Module,
-    data: Data,
-    vocab: Vocab,
-    records: dict[str, ImageRecord],
-    device: torch.device,
-    dist_info: DistInfo,
-    autocast: AbstractContextManager,
-    run_dir: Path,
-    tracker: Any,
-    step: int,
-) -> dict[str, dict[str, float]]:
+def final_evaluation(run: TrainingRun) -> dict[str, dict[str, float]]:
     """Test metrics of the best weights per split (rank 0; ``{}`` elsewhere), logged with figures and captions.
 
-    The metrics are logged at optimiser step ``step``, so a run resumed with more epochs logs its new test
+    The metrics are logged at the run's optimiser step, so a run resumed with more epochs logs its new test
     metrics beside the earlier ones instead of over them."""
     from captioner.viz import attention_figure
+
+    cfg, model, data, records, run_dir = run.cfg, run.model, run.data, run.records, run.run_dir
+    device, dist_info, tracker = run.device, run.dist_info, run.tracker
 
     best = run_dir / "best.pt"
     if dist_info.enabled:  # rank 0 may still be writing best.pt: every rank must load the same weights
@@ -50,18 +33,20 @@ def final_evaluation(
             results[split] = evaluate_split(
                 model,
                 data.eval[split],
-                vocab,
+                run.vocab,
                 records,
                 cfg.decode,
                 device,
                 dist_info,
-                autocast,
+                run.autocast,
                 metrics=tuple(cfg.trainer.test_metrics),
             )
     if not dist_info.is_main:
         return {}
     final = {split: r.metrics for split, r in results.items()}
-    tracker.log_metrics({f"{s}.{k}": v for s, m in final.items() for k, v in m.items()}, step=step)
+    tracker.log_metrics(
+        {f"{s}.{k}": v for s, m in final.items() for k, v in m.items()}, step=run.progress.step
+    )
     shown = next(iter(results.values()), None)
     if shown is not None and shown.alphas:
         figures = run_dir / "figures"

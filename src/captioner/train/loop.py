@@ -1,6 +1,6 @@
-"""The training run top to bottom, torchvision's reference ``main``: config checks, data, model,
-optimiser, resume, then per epoch ``train_one_epoch`` and ``validate`` (``captioner.train.epoch``),
-checkpoints, and the test splits at the end.
+"""The training run top to bottom, torchvision's reference ``main``: config checks, then ``build_run`` (data,
+model, optimiser, resume) once, then per epoch ``train_one_epoch`` and ``validate`` (``captioner.train.epoch``)
+on that ``TrainingRun``, checkpoints, and the test splits at the end.
 
 Plain PyTorch: CUDA AMP with GradScaler (fp16) or bf16 autocast, exact resume from ``last.pt``,
 torchrun DDP, MLflow on rank 0 only.
@@ -22,30 +22,37 @@ from captioner.model.build import build_model
 from captioner.progress import log_line
 from captioner.runtime import checkpoint as ckpt
 from captioner.runtime.device import autocast_context, resolve_device, resolve_precision
-from captioner.runtime.distributed import cleanup, init_distributed, rank_device
+from captioner.runtime.distributed import DistInfo, cleanup, init_distributed, rank_device
 from captioner.runtime.files import write_json_atomic
 from captioner.runtime.threads import configure_threads
 from captioner.train.divergence import TrainingError, raise_if_weights_diverged
-from captioner.train.epoch import RunPruned, ValidationCallback, train_one_epoch, validate
+from captioner.train.epoch import RunPruned, train_one_epoch, validate
 from captioner.train.resume import command_line_keys, resume_run
+from captioner.train.run import TrainingRun, ValidationCallback
 from captioner.train.saved_config import check_checkpoint_fits
 from captioner.train.state import Progress, checkpoint_state, rank_seed, seed_everything
+from captioner.train.teacher_forcing import build_schedule
 from captioner.train.validate import validate_config
 
 # Progress, TrainingError and seed_everything are imported from here (tests, the feature cache).
-__all__ = ["Progress", "RunPruned", "TrainingError", "ValidationCallback", "seed_everything", "train"]
+__all__ = [
+    "Progress",
+    "RunPruned",
+    "TrainingError",
+    "ValidationCallback",
+    "build_run",
+    "seed_everything",
+    "train",
+]
 
 
 def train(
     cfg: DictConfig, run_dir: str | Path, on_validation: ValidationCallback | None = None
 ) -> dict[str, Any]:
     """Train with the composed config; returns the final metrics (also written to ``metrics.json``)."""
-    from captioner.tracking import build_tracker
-    from captioner.train.ddp import check_distributed, wrap_model
+    from captioner.train.ddp import check_distributed
     from captioner.train.final import final_evaluation
-    from captioner.train.objective import build_objective, check_objective, init_from
-    from captioner.train.optim import build_optimizer
-    from captioner.train.schedulers import build_scheduler
+    from captioner.train.objective import check_objective
 
     # Resume: the checkpoint's config wins over the composed one (captioner.train.resume), before any work,
     # and the run goes on in the checkpoint's folder.
@@ -74,20 +81,109 @@ def train(
         if finished is not None:  # nothing to train or evaluate: the run's checkpoints stay as they are
             cleanup(dist_info)
             return finished
+
+    run = build_run(cfg, run_dir, device, dist_info, precision, state, on_validation)
+    progress, tracker = run.progress, run.tracker
+    if dist_info.is_main:
+        log_line(f"CPU threads: {threads} ({why})")
+    status = "FAILED"
+    try:
+        # An early-stopped run that is resumed has only its final evaluation left.
+        last_epoch = progress.epoch if progress.stopped_early(t.early_stop.patience) else t.epochs
+        for epoch in range(progress.epoch, last_epoch):
+            stats = train_one_epoch(run, epoch)
+            run.scheduler.step_epoch()
+            progress.epoch = epoch + 1
+            # Scheduled sampling feeds more of the model's own words as epsilon falls, so the loss can
+            # rise while the model improves: the epoch line shows epsilon next to the loss.
+            summary = (
+                f"epoch {progress.epoch}/{t.epochs} loss {stats.loss:.3f} (teacher forcing {stats.epsilon:.2f}) "
+                f"{stats.captions_per_s:.0f} captions/s"
+            )
+            val = None
+            if progress.epoch % t.val_every == 0 or progress.epoch == t.epochs:
+                val = validate(run)
+                summary += val.line
+            raise_if_weights_diverged(run.model, epoch, run_dir)
+            if dist_info.is_main:
+                saved = checkpoint_state(
+                    run.model, run.optimizer, run.scheduler, run.scaler, progress, run.vocab, run.config
+                )
+                if val is not None and val.improved:
+                    ckpt.save_checkpoint(run_dir / "best.pt", saved)
+                ckpt.save_checkpoint(run_dir / "last.pt", saved)
+                log_line(summary)
+            if val is not None and val.stop:
+                log_line(
+                    f"early stop: no {t.early_stop.metric} improvement in {t.early_stop.patience} validations"
+                )
+                break
+
+        final = {
+            "objective": progress.best,
+            "objective_metric": t.early_stop.metric,
+            "best_epoch": progress.best_epoch,
+            **final_evaluation(run),
+        }
+        if dist_info.is_main:
+            write_json_atomic(run_dir / "metrics.json", final, indent=2)
+            tracker.log_artifact(run_dir / "metrics.json")
+        status = "FINISHED"
+        return final
+    except RunPruned as err:  # a sweep's pruner stopped it: not a failure, and MLflow says why
+        status = "KILLED"
+        tracker.set_tags({"pruned": "true", "pruned.epoch": str(err.epoch)})
+        if dist_info.is_main:
+            log_line(str(err))
+        raise
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracker.finish(status)
+        cleanup(dist_info)
+
+
+def build_run(
+    cfg: DictConfig,
+    run_dir: Path,
+    device: torch.device,
+    dist_info: DistInfo,
+    precision: str,
+    state: dict[str, Any] | None,
+    on_validation: ValidationCallback | None = None,
+) -> TrainingRun:
+    """Everything the epochs share, built once: data, model, objective, optimiser, schedules, tracker.
+
+    ``state`` is the checkpoint a resume continues (weights, optimiser, schedule, scaler, counters, RNG).
+    A resumed or ``trainer.init_from`` checkpoint is checked against the vocabulary and the model config
+    before the data is built; its weights load after, so a feature cache is encoded as before.
+    """
+    from captioner.tracking import build_tracker
+    from captioner.train.ddp import wrap_model
+    from captioner.train.objective import build_objective, init_from, load_init_from
+    from captioner.train.optim import build_optimizer
+    from captioner.train.schedulers import build_scheduler
+
+    t = cfg.trainer
     seed_everything(t.seed)  # the same seed on every rank: equal initial weights
 
     data_root = ensure_prepared(cfg.data, dist_info)
     vocab = Vocab.load(data_root / "vocab.json")
+    start = None  # trainer.init_from's checkpoint
+    if state is not None:
+        check_checkpoint_fits(state, vocab, cfg, f"trainer.resume={t.resume}")
+    elif t.init_from:  # a second stage (e.g. SCST) starts from another run's weights
+        start = load_init_from(t.init_from, vocab, cfg)
     records = load_annotations(data_root)
     model = build_model(cfg.encoder, cfg.decoder, vocab).to(device)
     if t.channels_last and device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     data = build_data(cfg, data_root, vocab, model, device, dist_info)
     if state is not None:
-        check_checkpoint_fits(state, vocab, cfg, f"trainer.resume={t.resume}")
         model.load_state_dict(state["model"])
-    elif t.init_from:  # a second stage (e.g. SCST) starts from another run's weights
-        init_from(model, t.init_from, vocab, cfg)
+    elif start is not None:
+        init_from(model, start, t.init_from)
     objective = build_objective(cfg, model, vocab, records)
 
     optimizer = build_optimizer(model, **cfg.optimizer)
@@ -132,96 +228,24 @@ def train(
         if state is None:
             tracker.log_artifact(run_dir / "config.json")
 
-    autocast = autocast_context(device, precision)
-    if dist_info.is_main:
-        log_line(f"CPU threads: {threads} ({why})")
-    status = "FAILED"
-    try:
-        # An early-stopped run that is resumed has only its final evaluation left.
-        last_epoch = progress.epoch if progress.stopped_early(t.early_stop.patience) else t.epochs
-        for epoch in range(progress.epoch, last_epoch):
-            stats = train_one_epoch(
-                train_model,
-                model,
-                objective,
-                optimizer,
-                scheduler,
-                scaler,
-                data,
-                epoch,
-                progress,
-                tracker,
-                cfg,
-                autocast,
-                device,
-                dist_info,
-                run_dir,
-            )
-            scheduler.step_epoch()
-            progress.epoch = epoch + 1
-            # Scheduled sampling feeds more of the model's own words as epsilon falls, so the loss can
-            # rise while the model improves: the epoch line shows epsilon next to the loss.
-            summary = (
-                f"epoch {progress.epoch}/{t.epochs} loss {stats.loss:.3f} (teacher forcing {stats.epsilon:.2f}) "
-                f"{stats.captions_per_s:.0f} captions/s"
-            )
-            val = None
-            if progress.epoch % t.val_every == 0 or progress.epoch == t.epochs:
-                val = validate(
-                    model,
-                    data,
-                    vocab,
-                    records,
-                    cfg,
-                    device,
-                    dist_info,
-                    autocast,
-                    progress,
-                    scheduler,
-                    tracker,
-                    on_validation,
-                )
-                summary += val.line
-            raise_if_weights_diverged(model, epoch, run_dir)
-            if dist_info.is_main:
-                if val is not None and val.improved:
-                    ckpt.save_checkpoint(
-                        run_dir / "best.pt",
-                        checkpoint_state(model, optimizer, scheduler, scaler, progress, vocab, resolved),
-                    )
-                ckpt.save_checkpoint(
-                    run_dir / "last.pt",
-                    checkpoint_state(model, optimizer, scheduler, scaler, progress, vocab, resolved),
-                )
-                log_line(summary)
-            if val is not None and val.stop:
-                log_line(
-                    f"early stop: no {t.early_stop.metric} improvement in {t.early_stop.patience} validations"
-                )
-                break
-
-        final = {
-            "objective": progress.best,
-            "objective_metric": t.early_stop.metric,
-            "best_epoch": progress.best_epoch,
-            **final_evaluation(
-                cfg, model, data, vocab, records, device, dist_info, autocast, run_dir, tracker, progress.step
-            ),
-        }
-        if dist_info.is_main:
-            write_json_atomic(run_dir / "metrics.json", final, indent=2)
-            tracker.log_artifact(run_dir / "metrics.json")
-        status = "FINISHED"
-        return final
-    except RunPruned as err:  # a sweep's pruner stopped it: not a failure, and MLflow says why
-        status = "KILLED"
-        tracker.set_tags({"pruned": "true", "pruned.epoch": str(err.epoch)})
-        if dist_info.is_main:
-            log_line(str(err))
-        raise
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        tracker.finish(status)
-        cleanup(dist_info)
+    return TrainingRun(
+        cfg=cfg,
+        config=resolved,
+        run_dir=run_dir,
+        device=device,
+        dist_info=dist_info,
+        autocast=autocast_context(device, precision),
+        vocab=vocab,
+        records=records,
+        data=data,
+        model=model,
+        train_model=train_model,
+        objective=objective,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        tf_schedule=build_schedule(**cfg.tf),
+        scaler=scaler,
+        progress=progress,
+        tracker=tracker,
+        on_validation=on_validation,
+    )

@@ -104,13 +104,20 @@ def build_objective(
     return CrossEntropy(cfg, model.decoder)
 
 
-def init_from(model: torch.nn.Module, path: str, vocab: Vocab, cfg: DictConfig) -> None:
-    """Load another run's model weights (not its optimiser or counters) to start a new training stage."""
+def load_init_from(path: str, vocab: Vocab, cfg: DictConfig) -> dict[str, Any]:
+    """``trainer.init_from``'s checkpoint, checked to fit this run's vocabulary and model config (one-line
+    errors), as a resumed checkpoint is: before the data is built."""
     from captioner.runtime import checkpoint as ckpt
     from captioner.train.saved_config import check_checkpoint_fits
 
     state = ckpt.load_checkpoint(path)
     check_checkpoint_fits(state, vocab, cfg, f"trainer.init_from={path}")
+    return state
+
+
+def init_from(model: torch.nn.Module, state: Mapping[str, Any], path: str) -> None:
+    """Load another run's model weights (``load_init_from``'s checkpoint; not its optimiser or counters) to
+    start a new training stage."""
     missing, unexpected = model.load_state_dict(state["model"], strict=False)
     if missing or unexpected:
         raise CheckpointError(
