@@ -19,17 +19,24 @@ from captioner.model.fast_train import check_fusable, compile_pass, teacher_forc
 COMPILE_SETTINGS = ("auto", "off", "on")
 
 
-def check_setting(setting: str) -> None:
-    """One-line ConfigError for a ``trainer.compile`` value that is not auto, off or on."""
+# YAML 1.1 reads an unquoted on/off as a boolean, and checkpoints written when the key was a bool hold
+# true/false (a resume reads them as "True"/"False"): both mean what they meant then.
+_BOOLEANS = {"True": "on", "False": "off", "true": "on", "false": "off"}
+
+
+def compile_setting(value: object) -> str:
+    """``trainer.compile`` as auto, off or on; a one-line ConfigError for anything else."""
+    setting = _BOOLEANS.get(str(value), str(value))
     if setting not in COMPILE_SETTINGS:
         raise ConfigError(
-            f"trainer.compile={setting!r} is not valid; choose one of: {', '.join(COMPILE_SETTINGS)}"
+            f"trainer.compile={value!r} is not valid; choose one of: {', '.join(COMPILE_SETTINGS)}"
         )
+    return setting
 
 
 def use_fast_path(setting: str, device: torch.device) -> bool:
     """Whether training on ``device`` takes the fast path for ``trainer.compile=setting`` (auto|off|on)."""
-    check_setting(setting)
+    setting = compile_setting(setting)
     if setting == "auto":
         return device.type == "cuda"
     return setting == "on"
