@@ -65,9 +65,10 @@ def cell(
     attention_dim, gate_dim, word_dim, coverage_dim = sizes
     hidden, encoder_dim = h.shape[-1], annotations.shape[-1]
     rows_h = attention_dim + gate_dim + 4 * hidden
-    w_h, b_h, w_z, score_w, score_b, coverage_w = weights.split(
-        [rows_h * hidden, rows_h, weights.shape[0] - rows_h * (hidden + 1) - attention_dim - 1 - coverage_dim,
-         attention_dim, 1, coverage_dim]
+    score_dim = attention_dim + 1 if attention_dim else 0  # w and its bias (the controls: none)
+    w_h, b_h, w_z, score, coverage_w = weights.split(
+        [rows_h * hidden, rows_h, weights.shape[0] - rows_h * (hidden + 1) - score_dim - coverage_dim,
+         score_dim, coverage_dim]
     )  # fmt: skip
     q = torch.addmm(b_h, h, w_h.view(rows_h, hidden).t())  # [W_h h; f_beta h; W_hh h]
     q_att, q_gate, gates = q.split([attention_dim, gate_dim, 4 * hidden], dim=-1)
@@ -78,7 +79,7 @@ def cell(
         pre = projected + q_att.unsqueeze(1)  # W_a a_i + W_h h_{t-1} (+ W_y E y_{t-1}), (B,L,A)
         if coverage_dim:
             pre = pre + coverage.unsqueeze(-1) * coverage_w
-        energy = torch.tanh(pre) @ score_w + score_b  # e_ti, Eq. 4
+        energy = torch.tanh(pre) @ score[:-1] + score[-1]  # e_ti, Eq. 4
         alpha = energy.softmax(dim=-1)  # Eq. 5
         context = torch.bmm(alpha.unsqueeze(1), annotations).squeeze(1)  # Eq. 6
     if gate_dim:  # Sec. 4.2.1
@@ -114,14 +115,17 @@ def pack_weights(decoder: Decoder, lstm: tuple[Tensor, ...]) -> tuple[Tensor, tu
     gate_bias = [] if d.f_beta is None else [d.f_beta.bias]
     w_iz = weight_ih[:, d.embed_dim :]
     coverage = [attention.coverage_weight] if soft and d.coverage else []
+    # The controls never attend: their attention weights stay out (no gradient, as in the eager path).
+    query, query_bias = ([attention.hidden_proj.weight], [attention.hidden_proj.bias]) if soft else ([], [])
+    score = [attention.score.weight, attention.score.bias] if soft else []
     parts = [
-        attention.hidden_proj.weight, *gate, weight_hh,
-        attention.hidden_proj.bias, *gate_bias, bias_hh + bias_ih,
+        *query, *gate, weight_hh,
+        *query_bias, *gate_bias, bias_hh + bias_ih,
         w_iz, *([d.L_z.weight] if d.deep_output else []),
-        attention.score.weight, attention.score.bias, *coverage,
+        *score, *coverage,
     ]  # fmt: skip
-    attention_dim = attention.hidden_proj.out_features
-    word_dim = attention_dim if soft and d.attend_word else 0
+    attention_dim = attention.hidden_proj.out_features if soft else 0
+    word_dim = attention_dim if d.attend_word else 0
     sizes = (attention_dim, gate_dim, word_dim, attention_dim if coverage else 0)
     return torch.cat([p.reshape(-1) for p in parts]), sizes
 
