@@ -213,3 +213,18 @@ def test_compiled_recipe_trains_like_eager(name: str) -> None:
     model = build(cfg, TINY)
     features, batch = batch_of(6, 7, 30, 3, 12)
     assert_same_training(make_fast(model, CPU), model, cfg, features, batch, epsilon(cfg))
+
+
+@pytest.mark.slow
+def test_another_caption_length_reuses_the_compiled_step(demo: tuple) -> None:
+    """The bucket sampler's batches differ in length: the compiled cell must not recompile for each."""
+    from torch._dynamo.utils import counters
+
+    cfg, model, fast, features, batch = demo
+    objective = CrossEntropy(cfg, model.decoder)
+    objective(fast, features, batch, 1.0, True)[0].backward()
+    graphs = counters["stats"]["unique_graphs"]
+    for steps in (9, 15):
+        longer = {"captions": batch_of(32, steps, 40, 8, 96)[1]["captions"]}
+        objective(fast, features, longer, 1.0, True)[0].backward()
+    assert counters["stats"]["unique_graphs"] == graphs

@@ -191,8 +191,10 @@ def teacher_forced(
         context = annotations.new_zeros(batch, annotations.shape[-1])
     given = teacher_forcing >= 1.0
     if given:  # every step's word is known: embed and project them all at once
-        all_terms, all_out = words_in(d.embed(captions[:, :-1]))
-        all_terms, all_out = all_terms.unbind(1), all_out.unbind(1)
+        # Time-major (T,B,...), so each step's slice is contiguous: the same strides whatever the caption
+        # length, which the compiled cell is specialised on (batch-major slices would recompile per length).
+        all_terms, all_out = words_in(d.embed(captions[:, :-1].t()))
+        all_terms, all_out = all_terms.unbind(0), all_out.unbind(0)
     hs, parts, logits, alphas = [], [], [], []
     words = captions[:, 0]
     for t in range(steps):
