@@ -34,9 +34,11 @@ class TrainerConfig:
 
     epochs: int = 10
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    precision: str = "auto"  # auto (fp16 + GradScaler on CUDA, fp32 on CPU) | fp32 | fp16 | bf16
-    channels_last: bool = False  # CUDA only
-    compile: bool = False  # torch.compile the training model
+    # auto (bf16 on CUDA where supported, else fp16 + GradScaler; fp32 on CPU) | fp32 | fp16 | bf16
+    precision: str = "auto"
+    channels_last: bool = False  # CUDA only (the fast path turns it on for a fine-tuned encoder)
+    # The training fast path (captioner.train.fast_path): auto (on CUDA; eager on CPU) | on | off
+    compile: str = "auto"
     grad_clip: str = "norm"  # none | norm | value
     clip_value: float = 5.0
     accumulate: int = 1  # gradient accumulation: optimiser step every N batches

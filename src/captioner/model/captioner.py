@@ -71,10 +71,17 @@ class Captioner(nn.Module):
         ``inputs`` (batches of whole images: each image is encoded once for all its captions); None = one
         row per caption.
         """
+        annotations = self.caption_annotations(inputs, features, image_index)
+        return self.decoder(annotations, captions, teacher_forcing)
+
+    def caption_annotations(
+        self, inputs: Tensor, features: bool | None = None, image_index: Tensor | None = None
+    ) -> Tensor:
+        """Annotations (N,L,D), one row per caption, for ``forward``'s arguments (also the fast path's)."""
         require(inputs.dim() == 4, f"Captioner input must be 4-dim, got shape {tuple(inputs.shape)}")
         if features is None:
             features = self.is_features(inputs)
         annotations, _ = self.annotate(inputs, features)
         if image_index is not None:
             annotations = annotations.index_select(0, image_index)
-        return self.decoder(annotations, captions, teacher_forcing)
+        return annotations

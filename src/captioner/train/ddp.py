@@ -1,5 +1,5 @@
-"""The model the optimiser steps through: DDP under torchrun (searching for unused parameters only when a
-config leaves some out of the forward pass), then ``torch.compile`` when asked."""
+"""The model the optimiser steps through: the training fast path when ``trainer.compile`` picks it, then DDP
+under torchrun (searching for unused parameters only when a config leaves some out of the forward pass)."""
 
 from __future__ import annotations
 
@@ -43,16 +43,17 @@ def needs_unused_parameter_search(model: torch.nn.Module) -> bool:
 
 
 def wrap_model(
-    model: torch.nn.Module, device: torch.device, dist_info: DistInfo, compile: bool
+    model: torch.nn.Module, device: torch.device, dist_info: DistInfo, compile: str
 ) -> torch.nn.Module:
-    """``model`` wrapped for training steps: DDP when distributed, compiled when ``compile``."""
-    train_model = model
+    """``model`` wrapped for training steps: the fast path when ``use_fast_path(compile, device)``
+    (``trainer.compile``), then DDP when distributed; every wrapper shares ``model``'s parameters."""
+    from captioner.train.fast_path import make_fast, use_fast_path
+
+    train_model = make_fast(model, device) if use_fast_path(compile, device) else model
     if dist_info.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model,
+            train_model,
             device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=needs_unused_parameter_search(model),
         )
-    if compile:
-        train_model = torch.compile(train_model)
     return train_model

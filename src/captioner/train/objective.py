@@ -81,10 +81,14 @@ def check_objective(cfg: DictConfig, distributed: bool) -> None:
             "objective=scst needs an XE-trained model: set trainer.init_from=<checkpoint> "
             "(e.g. runs/quality/soft/best.pt from `python train.py experiment=quality`)"
         )
-    if distributed or t.compile:
+    from captioner.train.fast_path import compile_setting
+
+    # SCST samples through the eager decoder (rows leave as their samples end, shapes a compiled step
+    # would recompile for), never through the training wrapper: trainer.compile=auto leaves it eager.
+    if distributed or compile_setting(t.compile) == "on":
         raise ConfigError(
-            "objective=scst calls the decoder directly (no DDP or torch.compile wrapper); "
-            "run it on one process with trainer.compile=false"
+            "objective=scst calls the decoder directly (no DDP or fast-path wrapper); "
+            "run it on one process with trainer.compile=auto or off"
         )
     if cfg.data.loader.group_by_image:
         raise ConfigError(

@@ -12,6 +12,7 @@ from captioner.model.captioner import Captioner
 from captioner.model.decoder import Decoder
 from captioner.progress import log_line
 from captioner.runtime.hub_weights import ARCHS, ensure_weights
+from captioner.train.fast_path import compile_setting
 from captioner.train.optim import build_optimizer
 from captioner.train.schedulers import build_scheduler
 from captioner.train.teacher_forcing import build_schedule
@@ -20,6 +21,7 @@ from captioner.train.teacher_forcing import build_schedule
 def validate_config(cfg: DictConfig) -> None:
     """Build every cheap object the config describes, so a bad value fails before data or weights load."""
     t = cfg.trainer
+    compile_setting(t.compile)
     for key, value, valid in [
         ("trainer.grad_clip", t.grad_clip, ("none", "norm", "value")),
         ("trainer.att_reduction", t.att_reduction, ("sum", "mean")),
