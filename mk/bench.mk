@@ -24,6 +24,11 @@ bench-scale:  ## synthetic COCO at growing N: prepare, first batch, loader img/s
 bench-beam:  ## batched beam search vs one image at a time
 	$(PY) bench/beam.py $(BENCH_ARGS)
 
+# Not in `bench`: at full size it needs a CUDA device (bench/gpu_run.sh is the lent GPU's one command).
+.PHONY: bench-gpu
+bench-gpu:  ## one GPU, < 8 min: demo + COCO recipes eager vs fast path, reference decoder, beam, data pipeline (CPU: BENCH_ARGS=--quick)
+	$(PY) bench/gpu.py $(BENCH_ARGS)
+
 bench-sweep-overhead:  ## per-trial sweep cost besides training: Optuna sweeper, MLflow run, Hydra compose
 	$(PY) bench/sweep_overhead.py $(BENCH_ARGS)
 
