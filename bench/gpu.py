@@ -488,7 +488,7 @@ def train_leg(leg: str, path: str, precision: str, ctx: Context) -> dict[str, An
 
 def count_ops(step: Callable[[], None]) -> int:
     """The aten operators one call of ``step`` dispatches, counted as the fast path's own tests count them."""
-    from captioner.train.fast_path import count_dispatched_ops
+    from captioner.runtime.profiling import count_dispatched_ops
 
     return count_dispatched_ops(step)
 
