@@ -73,15 +73,24 @@ def _meteor_text(tokens: list[str]) -> str:
     return " ".join(tokens).replace("|||", "").replace("  ", " ")
 
 
+def _prepared_if_runnable(
+    reason: str | None, hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]]
+) -> tuple[list[Tokens], list[list[Tokens]]] | None:
+    """The checked captions for a Java scorer, or None (warned once) when ``reason`` says it cannot run."""
+    if reason:
+        _warn_once(reason)
+        return None
+    return prepare_captions(hypotheses, references)
+
+
 def meteor(
     hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]], timeout_s: float = 1800.0
 ) -> CaptionScores | None:
     """METEOR 1.5 through its jar, run as pycocoevalcap runs it; None (and a warning) without Java."""
-    reason = meteor_unavailable()
-    if reason:
-        _warn_once(reason)
+    prepared = _prepared_if_runnable(meteor_unavailable(), hypotheses, references)
+    if prepared is None:
         return None
-    hyps, refs = prepare_captions(hypotheses, references)
+    hyps, refs = prepared
     jar = find_meteor_jar()
     assert jar is not None  # checked by meteor_unavailable()
     score_lines = [
@@ -137,11 +146,10 @@ def spice(
     hypotheses: Sequence[Tokens], references: Sequence[Sequence[Tokens]], timeout_s: float = 3600.0
 ) -> CaptionScores | None:
     """SPICE F-score through pycocoevalcap's jar; None (and a warning) when Java or CoreNLP is missing."""
-    reason = spice_unavailable()
-    if reason:
-        _warn_once(reason)
+    prepared = _prepared_if_runnable(spice_unavailable(), hypotheses, references)
+    if prepared is None:
         return None
-    hyps, refs = prepare_captions(hypotheses, references)
+    hyps, refs = prepared
     jar = _pycocoevalcap_file("spice", "spice-1.0.jar")
     assert jar is not None  # checked by spice_unavailable()
     items = [

@@ -9,6 +9,8 @@ rounding (``tests/test_fast_path.py``); on CUDA a fine-tuned encoder also runs c
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -54,17 +56,13 @@ class FastCaptioner(nn.Module):
         self.cuda_graphs = device.type == "cuda"
 
     def forward(
-        self,
-        inputs: Tensor,
-        captions: Tensor,
-        teacher_forcing: float = 1.0,
-        features: bool | None = None,
-        image_index: Tensor | None = None,
+        self, inputs: Tensor, captions: Tensor, teacher_forcing: float = 1.0, **encode: Any
     ) -> DecoderOutput:
-        """``Captioner.forward``'s arguments and result, through the fast teacher-forced pass."""
+        """``Captioner.forward``'s arguments (``encode``: its ``features``, ``image_index``) and result,
+        through the fast teacher-forced pass."""
         if self.cuda_graphs:  # a new training step: the last step's CUDA-graph outputs may be reused
             torch.compiler.cudagraph_mark_step_begin()
-        annotations = self.model.caption_annotations(inputs, features, image_index)
+        annotations = self.model.caption_annotations(inputs, **encode)
         return teacher_forced(
             self.model.decoder, annotations, captions, teacher_forcing, self.cell, self.prologue
         )
