@@ -17,8 +17,10 @@ from omegaconf import OmegaConf
 
 from captioner.ablation import (
     TIME_METRIC,
+    TIME_METRICS,
     Judgement,
     competence_failures,
+    is_time_metric,
     judge,
     load_claims,
     summarize_versions,
@@ -66,8 +68,12 @@ def collect(tracking_uri: str, experiment: str) -> list[dict[str, Any]]:
             for k in VAL_AT_BEST
         }
         metrics.update({k: v for k, v in run.data.metrics.items() if k.startswith("test.")})
-        epochs = client.get_metric_history(rid, "time.epoch_train_s")
-        metrics[TIME_METRIC] = math.fsum(m.value for m in epochs) if epochs else math.nan
+        for total, per_epoch in TIME_METRICS.items():
+            epochs = client.get_metric_history(rid, per_epoch)
+            if epochs:  # CPU time since 2026-12-06; earlier runs have wall time only
+                metrics[total] = math.fsum(m.value for m in epochs)
+            elif total == TIME_METRIC:
+                metrics[total] = math.nan
         runs[(version, seed)] = {
             "version": version,
             "seed": seed,
@@ -170,7 +176,7 @@ def sittings(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # Recorded per run and equal whenever the same version and seed run again (test.meteor left the
 # scale's evaluation at bb5eb11; time and ids are the sitting's own).
 def _numbers(run: dict[str, Any]) -> dict[str, float]:
-    return {k: v for k, v in run["metrics"].items() if k != TIME_METRIC}
+    return {k: v for k, v in run["metrics"].items() if not is_time_metric(k)}
 
 
 def same_number(a: float, b: float) -> bool:

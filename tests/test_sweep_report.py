@@ -47,6 +47,8 @@ def _sweep(client, experiment: str, bleu: dict, f1: dict) -> str:
                 Metric("test.object_f1", f1[version][seed], 0, 0),
                 Metric("time.epoch_train_s", 5.0 + seed, 0, 10),
                 Metric("time.epoch_train_s", 5.0, 0, 20),
+                Metric("time.epoch_train_cpu_s", 4.5, 0, 10),
+                Metric("time.epoch_train_cpu_s", 4.0, 0, 20),
             ]
             client.log_batch(rid, metrics=metrics)
             client.set_terminated(rid)
@@ -69,6 +71,7 @@ def test_report_from_mlflow_runs_to_files_and_parent(tmp_path: Path) -> None:
         first["val.bleu4"] == 30.0 and first["val.cider_d"] == 300.0
     )  # at the best validation, not the last
     assert first["time.train_s"] == 10.0 and runs[0]["best_validation"] == "1 of 2"
+    assert first["time.train_cpu_s"] == 8.5  # CPU time: what a speed claim compares on a shared machine
 
     s = report_collect.summarize("optim_dropout", "cpu", runs)
     claims = {c["id"]: c for c in s["claims"]}
@@ -233,7 +236,11 @@ def _two_sittings(changed: float = 0.0) -> tuple[list[dict], list[dict]]:
         run_record(
             v,
             s,
-            {"val.bleu4": b[s] + (changed if (v, s) == ("v15", 1) else 0.0), "time.train_s": 7.0},
+            {
+                "val.bleu4": b[s] + (changed if (v, s) == ("v15", 1) else 0.0),
+                "time.train_s": 7.0,  # times differ between sittings: never a changed number
+                "time.train_cpu_s": 6.5,
+            },
             study="B",
             start=10**9,
             end=10**9 + 120_000,
