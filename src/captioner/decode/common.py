@@ -30,13 +30,18 @@ def prepare(decoder: Decoder, annotations: Tensor, copies: int) -> tuple[Tensor,
     """The annotations' attention projection (one row per image) and the initial LSTM state, each
     state row repeated ``copies`` times: the copies share the image's annotations in ``Decoder.step``.
     """
-    require(
-        annotations.dim() == 3 and annotations.shape[-1] == decoder.encoder_dim,
-        f"decode annotations shape {tuple(annotations.shape)} must be (B, L, {decoder.encoder_dim}); "
-        "flatten the encoder map with Captioner.encode first",
-    )
+    check_annotations(decoder, annotations)
     projected = decoder.project(annotations)  # once per image, not once per beam
     state = decoder.init_state(annotations)
     if copies > 1:
         state = state.repeat(copies)
     return projected, state
+
+
+def check_annotations(decoder: Decoder, annotations: Tensor) -> None:
+    """A one-line error unless ``annotations`` is (B, L, D) for this decoder."""
+    require(
+        annotations.dim() == 3 and annotations.shape[-1] == decoder.encoder_dim,
+        f"decode annotations shape {tuple(annotations.shape)} must be (B, L, {decoder.encoder_dim}); "
+        "flatten the encoder map with Captioner.encode first",
+    )

@@ -13,6 +13,7 @@ sum) is one compiled ``cell`` (``torch.compile``: fused kernels; on CUDA also a 
 random numbers stays outside it, in ``Decoder.forward``'s order (scheduled sampling's coin, then the deep
 output's dropout, each step), so a seeded run draws the same masks and words as the eager path.
 ``captioner.train.fast_path`` decides when training takes this path; ``Decoder.step`` never comes here.
+SCST's rollouts on the fast path (``captioner.decode.fast_rollout``) step through the same ``cell``.
 """
 
 from __future__ import annotations
@@ -150,6 +151,15 @@ def prepare(
     )
 
 
+def fixed_context(decoder: Decoder, annotations: Tensor) -> Tensor | None:
+    """The controls' z_t for every step, (B,D): the mean annotation or zeros; None for soft attention."""
+    if decoder.context == "mean":
+        return annotations.mean(dim=1)
+    if decoder.context == "blind":
+        return annotations.new_zeros(annotations.shape[0], annotations.shape[-1])
+    return None
+
+
 def teacher_forced(
     decoder: Decoder,
     annotations: Tensor,
@@ -184,11 +194,7 @@ def teacher_forced(
     if coverage is not None and torch.is_grad_enabled():
         # Later steps' coverage requires grad: so does the first's zeros, or it would compile its own cell.
         coverage.requires_grad_()
-    context = None
-    if d.context == "mean":
-        context = annotations.mean(dim=1)
-    elif d.context == "blind":
-        context = annotations.new_zeros(batch, annotations.shape[-1])
+    context = fixed_context(d, annotations)
     given = teacher_forcing >= 1.0
     if given:  # every step's word is known: embed and project them all at once
         # Time-major (T,B,...), so each step's slice is contiguous: the same strides whatever the caption
@@ -230,13 +236,16 @@ def teacher_forced(
     return DecoderOutput(logits=logits_t, alphas=alphas_t)
 
 
-def compile_pass(device: torch.device) -> tuple[Cell, Callable[..., tuple]]:
-    """``cell`` and ``prepare`` compiled for ``device``; the cell runs as a CUDA graph on CUDA
-    (``reduce-overhead``), fused kernels elsewhere.
+def compile_pass(
+    device: torch.device, step: Callable[..., tuple] = cell
+) -> tuple[Callable[..., tuple], Callable[..., tuple]]:
+    """``step`` (``cell``, or a step built on it: SCST's ``decode.fast_rollout.policy_step``) and
+    ``prepare`` compiled for ``device``; the step runs as a CUDA graph on CUDA (``reduce-overhead``),
+    fused kernels elsewhere.
 
     Static shapes (``dynamic=False``): their shapes are the batch's rows and the model's sizes, not the
     caption length, so a run compiles each once (and once more for a smaller last batch).
     """
     mode = "reduce-overhead" if device.type == "cuda" else None
-    step = torch.compile(cell, mode=mode, dynamic=False, fullgraph=True)
-    return step, torch.compile(prepare, dynamic=False)
+    compiled = torch.compile(step, mode=mode, dynamic=False, fullgraph=True)
+    return compiled, torch.compile(prepare, dynamic=False)

@@ -4,7 +4,9 @@
 and stays eager on CPU, so the CPU golden run is bitwise unchanged; ``on`` takes it on any device, ``off``
 never. The path (``captioner.model.fast_train``): the teacher-forced pass with fused matrix products and a
 compiled per-step cell (a CUDA graph on CUDA), the same loss and gradients as the eager pass up to
-rounding (``tests/test_fast_path.py``); on CUDA a fine-tuned encoder also runs channels_last.
+rounding (``tests/test_fast_path.py``); on CUDA a fine-tuned encoder also runs channels_last. SCST
+(``objective=scst``) samples and decodes its baseline through the same compiled cell on this path
+(``captioner.decode.fast_rollout``).
 """
 
 from __future__ import annotations

@@ -81,15 +81,8 @@ def check_objective(cfg: DictConfig, distributed: bool) -> None:
             "objective=scst needs an XE-trained model: set trainer.init_from=<checkpoint> "
             "(e.g. runs/quality/soft/best.pt from `python train.py experiment=quality`)"
         )
-    from captioner.train.fast_path import compile_setting
-
-    # SCST samples through the eager decoder (rows leave as their samples end, shapes a compiled step
-    # would recompile for), never through the training wrapper: trainer.compile=auto leaves it eager.
-    if distributed or compile_setting(t.compile) == "on":
-        raise ConfigError(
-            "objective=scst calls the decoder directly (no DDP or fast-path wrapper); "
-            "run it on one process with trainer.compile=auto or off"
-        )
+    if distributed:
+        raise ConfigError("objective=scst calls the decoder directly (no DDP wrapper); run it on one process")
     if cfg.data.loader.group_by_image:
         raise ConfigError(
             "objective=scst samples captions per image itself; set data.loader.group_by_image=false"
@@ -102,9 +95,11 @@ def build_objective(
 ) -> Any:
     """The objective's callable: ``loss, parts = objective(train_model, inputs, batch, eps, features)``."""
     if cfg.objective.name == "scst":
+        from captioner.train.fast_path import use_fast_path
         from captioner.train.scst import SelfCritical
 
-        return SelfCritical(cfg.objective, model, vocab, records)
+        fast = use_fast_path(cfg.trainer.compile, next(model.parameters()).device)
+        return SelfCritical(cfg.objective, model, vocab, records, fast)
     return CrossEntropy(cfg, model.decoder)
 
 

@@ -9,12 +9,14 @@ shapes the object F1 of the grounding parser), and the loss is
 with b the reward of the greedy caption (``baseline=greedy``, Rennie et al.) or the mean reward of
 the other k-1 samples (``baseline=mean``, the "new SCST" of ruotianluo/self-critical.pytorch).
 Rewards are on coco's scale: CIDEr-D and BLEU-4 as fractions (our 0-100 numbers / 100), F1 in [0, 1].
+On the training fast path (``trainer.compile``) both rollouts step through its compiled cell
+(``decode.fast_rollout``): the same captions and loss, up to rounding, with no host sync per step on CUDA.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -24,6 +26,9 @@ from torch import Tensor
 from captioner.data.records import ImageRecord
 from captioner.data.vocab import SPECIALS, Vocab
 from captioner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from captioner.decode.policy import Rollout
 
 BASELINES = ("greedy", "mean")
 REWARDS = ("cider_d", "bleu4", "object_f1")
@@ -81,16 +86,53 @@ class Reward:
 
 
 class SelfCritical:
-    """``loss, parts = scst(model, inputs, batch, eps, features)`` for one minibatch of training images."""
+    """``loss, parts = scst(model, inputs, batch, eps, features)`` for one minibatch of training images.
+
+    ``fast``: sample and decode the baseline through the training fast path's compiled step, compiled
+    for the device ``model`` is on (``train.fast_path.use_fast_path`` decides).
+    """
 
     def __init__(
-        self, cfg: DictConfig, model: torch.nn.Module, vocab: Vocab, records: Mapping[str, ImageRecord]
+        self,
+        cfg: DictConfig,
+        model: torch.nn.Module,
+        vocab: Vocab,
+        records: Mapping[str, ImageRecord],
+        fast: bool = False,
     ):
         check_scst(cfg)
         self.cfg = cfg
         self.model = model  # unwrapped: SCST calls decoder methods, not forward
         self.vocab = vocab
         self.reward = Reward(cfg.reward, records)
+        self.compiled = None  # the fast path's (step, prologue)
+        if fast:
+            from captioner.decode.fast_rollout import policy_step
+            from captioner.model.fast_train import check_fusable, compile_pass
+
+            check_fusable(model.decoder)
+            self.compiled = compile_pass(next(model.parameters()).device, policy_step)
+
+    def sample(self, decoder: torch.nn.Module, annotations: Tensor) -> Rollout:
+        """``objective.samples`` captions per image with their log-probabilities' graph."""
+        from captioner.decode import sample_with_grad
+        from captioner.decode.fast_rollout import sample_fused
+
+        k, max_len = self.cfg.samples, self.cfg.max_len
+        if self.compiled is None:
+            return sample_with_grad(decoder, annotations, k, max_len)
+        if annotations.device.type == "cuda":  # a new step: the last one's CUDA-graph outputs are free
+            torch.compiler.cudagraph_mark_step_begin()
+        return sample_fused(decoder, annotations, k, max_len, 1.0, *self.compiled)
+
+    def greedy_tokens(self, decoder: torch.nn.Module, annotations: Tensor) -> Tensor:
+        """The greedy caption's word ids per image, (B, T), decoded in eval mode."""
+        from captioner.decode import greedy
+        from captioner.decode.fast_rollout import greedy_fused
+
+        if self.compiled is None:
+            return greedy(decoder, annotations, self.cfg.max_len).tokens[:, 0]
+        return greedy_fused(decoder, annotations, self.cfg.max_len, *self.compiled)
 
     def words(self, tokens: Tensor) -> list[list[str]]:
         """Token ids (N, T) -> word lists without special tokens."""
@@ -100,22 +142,20 @@ class SelfCritical:
         self, model: torch.nn.Module, inputs: Tensor, batch: Mapping[str, Any], eps: float, features: bool
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """The self-critical loss of one batch and its parts (reward, baseline, entropy, sample length)."""
-        from captioner.decode import greedy, sample_with_grad
-
         del model, eps  # SCST samples from the unwrapped model and never teacher-forces
         model = self.model
         annotations, _ = model.annotate(inputs, features)
         k, ids = self.cfg.samples, list(batch["image_ids"])
-        rollout = sample_with_grad(model.decoder, annotations, k, self.cfg.max_len)
+        rollout = self.sample(model.decoder, annotations)
         sample_ids = [i for i in ids for _ in range(k)]
         rewards = self.reward(self.words(rollout.tokens.flatten(0, 1)), sample_ids).reshape(len(ids), k)
         if self.cfg.baseline == "greedy":
             model.eval()  # the test-time decode (dropout off, hard attention's argmax) is the baseline
             try:
-                best = greedy(model.decoder, annotations.detach(), self.cfg.max_len)
+                best = self.greedy_tokens(model.decoder, annotations.detach())
             finally:
                 model.train()
-            baseline = self.reward(self.words(best.tokens[:, 0]), ids)[:, None].repeat(k, axis=1)
+            baseline = self.reward(self.words(best), ids)[:, None].repeat(k, axis=1)
         else:  # the mean reward of the other k-1 samples of the same image
             baseline = (rewards.sum(axis=1, keepdims=True) - rewards) / (k - 1)
         advantage = torch.as_tensor(
