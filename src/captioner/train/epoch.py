@@ -7,6 +7,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
+from captioner.data.prefetch import DevicePrefetcher
 from captioner.data.records import ImageRecord
 from captioner.errors import ConfigError
 from captioner.evaluation import evaluate_split
@@ -17,6 +18,8 @@ from captioner.runtime.distributed import all_reduce_mean, broadcast_object
 from captioner.train.divergence import RunningLoss, raise_if_diverged
 from captioner.train.optim import clip_gradients
 from captioner.train.run import TrainingRun, ValidationCallback
+
+LIVE_REFRESH_S = 0.5  # a terminal's bar reads the loss (a host sync) at most this often
 
 # ValidationCallback is imported from here (captioner.train.loop re-exports it).
 __all__ = ["EpochStats", "RunPruned", "Validation", "ValidationCallback", "train_one_epoch", "validate"]
@@ -55,11 +58,14 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> EpochStats:
     data.set_epoch(epoch)
     train_model.train()
     bar = progress_bar(
-        data.train, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not dist_info.is_main, leave=False
+        DevicePrefetcher(data.train, device),
+        desc=f"epoch {epoch + 1}/{t.epochs}",
+        disable=not dist_info.is_main,
+        leave=False,
     )
-    # A bar redrawn on a terminal shows the loss every step (a host sync a person is watching); the
-    # plain-line bar of a log file shows the last log step's, and the epoch's last step's at its end.
-    live = dist_info.is_main and is_terminal()
+    # A bar redrawn on a terminal shows the loss at most every LIVE_REFRESH_S (each read is a host sync);
+    # the plain-line bar of a log file shows the last log step's, and the epoch's last step's at its end.
+    live, shown_at = dist_info.is_main and is_terminal(), 0.0
     meter, seen, started, started_cpu = RunningLoss(), 0, time.perf_counter(), time.process_time()
     for i, batch in enumerate(bar):
         eps = tf_schedule.epsilon(epoch + i / len(data.train))
@@ -86,7 +92,9 @@ def train_one_epoch(run: TrainingRun, epoch: int) -> EpochStats:
         if log_step:  # the host reads the losses here (and on a live bar), not after every step
             meter.read()
             raise_if_diverged(meter, epoch, run.run_dir, dist_info)
-        if log_step or live or i + 1 == len(data.train):  # the closing line shows the epoch's last step
+        refresh = live and time.perf_counter() - shown_at >= LIVE_REFRESH_S
+        if log_step or refresh or i + 1 == len(data.train):  # the closing line shows the epoch's last step
+            shown_at = time.perf_counter()
             bar.set_postfix(
                 **({"reward": f"{float(parts['reward']):.3f}"} if "reward" in parts else {}),
                 loss=f"{meter.read():.3f}",
