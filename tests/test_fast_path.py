@@ -128,11 +128,14 @@ def test_compile_off_trains_the_model_itself_and_on_shares_its_parameters() -> N
     assert [id(p) for p in fast.parameters()] == [id(p) for p in model.parameters()]
 
 
-def test_decoders_the_fast_path_does_not_cover_are_one_line_errors() -> None:
+def test_decoders_the_fast_path_does_not_cover_stay_eager_under_auto_and_refuse_on() -> None:
     cfg = recipe("demo")
     for options, words in [({"attention": "hard"}, "attention=hard"), ({"num_layers": 2}, "num_layers=2")]:
-        with pytest.raises(ConfigError, match=f"{words}.*set trainer.compile=off$"):
-            make_fast(build(cfg, {**TINY, **options}), CPU)
+        model = build(cfg, {**TINY, **options})
+        assert use_fast_path("auto", CUDA, model.decoder) is False  # a GPU user's default run trains eagerly
+        assert use_fast_path("on", CUDA, model.decoder) is True
+        with pytest.raises(ConfigError, match=f"{words}.*set trainer.compile=auto or off$"):
+            make_fast(model, CPU)
 
 
 def scst_recipe(compile: str) -> DictConfig:

@@ -28,18 +28,26 @@ from captioner.errors import ConfigError, DataError, require
 from captioner.model.decoder import Decoder, DecoderOutput
 
 
-def check_fusable(decoder: Decoder) -> None:
-    """ConfigError, in one line, for a decoder this pass does not cover (the eager path trains it)."""
+def fusion_gap(decoder: Decoder) -> str | None:
+    """Why this pass does not cover ``decoder`` (the eager path trains it), or None when it does."""
     if decoder.hard:
-        raise ConfigError(
+        return (
             "the training fast path does not cover decoder.attention=hard (its sampled locations draw "
-            "random numbers inside the step); set trainer.compile=off"
+            "random numbers inside the step)"
         )
     if decoder.num_layers != 1:
-        raise ConfigError(
+        return (
             f"the training fast path covers one LSTM layer, not decoder.num_layers={decoder.num_layers} "
-            "(nn.LSTM's dropout between layers draws random numbers inside the step); set trainer.compile=off"
+            "(nn.LSTM's dropout between layers draws random numbers inside the step)"
         )
+    return None
+
+
+def check_fusable(decoder: Decoder) -> None:
+    """ConfigError, in one line, for a decoder this pass does not cover (``trainer.compile=on`` asked)."""
+    gap = fusion_gap(decoder)
+    if gap:
+        raise ConfigError(f"{gap}; set trainer.compile=auto or off")
 
 
 def cell(

@@ -49,7 +49,7 @@ def wrap_model(
     (``trainer.compile``), then DDP when distributed; every wrapper shares ``model``'s parameters."""
     from captioner.train.fast_path import make_fast, use_fast_path
 
-    train_model = make_fast(model, device) if use_fast_path(compile, device) else model
+    train_model = make_fast(model, device) if use_fast_path(compile, device, model.decoder) else model
     if dist_info.enabled:
         train_model = torch.nn.parallel.DistributedDataParallel(
             train_model,

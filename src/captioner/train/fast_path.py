@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from captioner.errors import ConfigError
 from captioner.model.decoder import DecoderOutput
-from captioner.model.fast_train import check_fusable, compile_pass, teacher_forced
+from captioner.model.fast_train import check_fusable, compile_pass, fusion_gap, teacher_forced
 
 COMPILE_SETTINGS = ("auto", "off", "on")
 
@@ -38,11 +38,14 @@ def compile_setting(value: object) -> str:
     return setting
 
 
-def use_fast_path(setting: str, device: torch.device) -> bool:
-    """Whether training on ``device`` takes the fast path for ``trainer.compile=setting`` (auto|off|on)."""
+def use_fast_path(setting: str, device: torch.device, decoder: nn.Module | None = None) -> bool:
+    """Whether training on ``device`` takes the fast path for ``trainer.compile=setting`` (auto|off|on).
+
+    ``auto`` leaves a ``decoder`` the path does not cover (hard attention, stacked LSTMs) on the eager
+    path; ``on`` insists, and building the path then refuses it in one line."""
     setting = compile_setting(setting)
     if setting == "auto":
-        return device.type == "cuda"
+        return device.type == "cuda" and (decoder is None or fusion_gap(decoder) is None)
     return setting == "on"
 
 

@@ -98,7 +98,7 @@ def build_objective(
         from captioner.train.fast_path import use_fast_path
         from captioner.train.scst import SelfCritical
 
-        fast = use_fast_path(cfg.trainer.compile, next(model.parameters()).device)
+        fast = use_fast_path(cfg.trainer.compile, next(model.parameters()).device, model.decoder)
         return SelfCritical(cfg.objective, model, vocab, records, fast)
     return CrossEntropy(cfg, model.decoder)
 
