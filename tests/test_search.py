@@ -149,3 +149,36 @@ def test_search_report_names_the_best_trial_its_importances_and_exports_it(tmp_p
     assert cfg.optimizer.decoder_lr == pytest.approx(1e-4 * 1.5**9) and cfg.decoder.coverage is False
     assert cfg.decoder.attend_word is True and cfg.logger.experiment == "quality_searched"
     json.dumps(s)  # the JSON the report writes
+
+
+def _alternate(samplers: list, trials: int = 10) -> list[tuple]:
+    """Workers (one sampler each) sharing one study take turns; the points they proposed, in order."""
+    storage = optuna.storages.InMemoryStorage()
+    studies = [
+        optuna.create_study(study_name="shared", storage=storage, sampler=s, load_if_exists=True)
+        for s in samplers
+    ]
+    space = {"x": FloatDistribution(0.0, 1.0), "c": CategoricalDistribution(["a", "b", "c"])}
+    points = []
+    for i in range(trials):
+        study = studies[i % len(studies)]
+        trial = study.ask(space)
+        study.tell(trial, trial.params["x"])
+        points.append(tuple(sorted(trial.params.items())))
+    return points
+
+
+def test_workers_sharing_a_seeded_search_never_propose_the_same_point() -> None:
+    """Two workers started with the same sampler.seed: plain samplers propose each point twice (the bug
+    a 2-worker search showed); per-trial seeds give distinct points, and one worker repeats itself."""
+    from hydra_plugins.captioner_optuna_sweeper.trial_seeded import TrialSeededSampler
+
+    def tpe(seed: int) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4)
+
+    plain = _alternate([tpe(0), tpe(0)])
+    assert plain[0] == plain[1] and plain[2] == plain[3]
+    seeded = _alternate([TrialSeededSampler(tpe, 0), TrialSeededSampler(tpe, 0)])
+    assert len(set(seeded)) == len(seeded)
+    alone = _alternate([TrialSeededSampler(tpe, 0)])
+    assert alone == _alternate([TrialSeededSampler(tpe, 0)]) and alone[:4] == seeded[:4]

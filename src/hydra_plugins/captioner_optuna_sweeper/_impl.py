@@ -41,6 +41,7 @@ from hydra_plugins.captioner_optuna_sweeper.search_space import (
     suggest,
 )
 from hydra_plugins.captioner_optuna_sweeper.storage import make_storage, mask, password, retry
+from hydra_plugins.captioner_optuna_sweeper.trial_seeded import TrialSeededSampler
 from hydra_plugins.captioner_optuna_sweeper.workers import (
     INTERRUPTED_ATTR,
     RUN_DIR_ATTR,
@@ -170,6 +171,9 @@ class OptunaSweeperImpl:
         if self.is_grid:
             # Points come from Grid.claim as fixed params; the sampler is never consulted for them.
             sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=self.sampler_seed)
+        elif self.sampler_seed is not None:  # one stream per trial, not per worker (trial_seeded.py)
+            conf = self.sampler_conf
+            sampler = TrialSeededSampler(lambda seed: instantiate(conf, seed=seed), self.sampler_seed)
         else:
             sampler = instantiate(self.sampler_conf)
         storage = make_storage(self.storage_url, self.heartbeat_interval)
