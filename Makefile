@@ -7,7 +7,7 @@ export TORCH_HOME
 include mk/weights.mk
 -include mk/bench.mk
 
-.PHONY: help install demo test test-fast test-slow lint ui sweep-smoke sweep report results
+.PHONY: help install demo test test-fast test-slow lint ui sweep-smoke sweep search-check report results
 help:  ## list targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -41,6 +41,17 @@ SCALE ?= cpu
 sweep: install weights  ## one seed ablation group (versions x seeds) and its report, e.g. make sweep GROUP=label_smoothing SCALE=cpu
 	$(PY) train.py -m sweep=$(GROUP) scale=$(SCALE)
 	$(PY) sweeps/report.py --experiment sweep-$(GROUP)-$(SCALE)
+
+SEARCH ?= quality
+SEEDS ?= 5
+search-check: install weights  ## a search's best trial against its base recipe, SEEDS seeds each, paired CIs: make search-check SEARCH=quality SCALE=cpu
+	$(PY) train.py -m scale=$(SCALE) $$($(PY) sweeps/search_report.py --experiment search-$(SEARCH)-$(SCALE) --overrides base) \
+		'trainer.seed=range(0,$(SEEDS))' logger.experiment=sweep-search_$(SEARCH)-$(SCALE) +logger.tags.seed_version=base & \
+	base=$$!; sleep 5; \
+	$(PY) train.py -m scale=$(SCALE) $$($(PY) sweeps/search_report.py --experiment search-$(SEARCH)-$(SCALE) --overrides best) \
+		'trainer.seed=range(0,$(SEEDS))' logger.experiment=sweep-search_$(SEARCH)-$(SCALE) +logger.tags.seed_version=best; \
+	best=$$?; wait $$base && test $$best -eq 0
+	$(PY) sweeps/report.py --experiment sweep-search_$(SEARCH)-$(SCALE)
 
 report:  ## mean/CI per version + claim verdicts per sweep experiment in the local MLflow store (sweeps/results/), then the SCALE's overview
 	for e in $$($(PY) -c "from mlflow.tracking import MlflowClient as C; print(' '.join(x.name for x in C('sqlite:///mlflow.db').search_experiments() if x.name.startswith('sweep-')))"); do $(PY) sweeps/report.py --experiment $$e; done

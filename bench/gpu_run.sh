@@ -7,26 +7,14 @@
 #   LIMIT_S=300 bench/gpu_run.sh ...       # the timeout, seconds (default 510: bench/gpu.py caps its
 #                                          # measurements at 450 s, so only a hang meets it)
 #
-# The device image has torch, torchvision, numpy, pillow, pyyaml and tqdm, but not Hydra. Its pure-Python
-# wheels travel in .whl/ (git-ignored); fetch them here once, then carry .whl with the call:
-#
-#   python3 -m pip wheel --no-deps -w .whl hydra-core==1.3.8 omegaconf==2.3.1 antlr4-python3-runtime==4.9.3
+# The machine is made ready by bench/gpu_env.sh (carry .whl; see its header).
 #
 # bench/gpu.py rewrites bench/results/gpu.json after every measurement, so a run cut short keeps what
 # it measured. The console output, with nvidia-smi and the versions first, goes to docs/gpu/bench_gpu.log.
 # With $OUT set (a folder that comes back from the device), both files are copied there as well.
 set -u
-cd "$(dirname "$0")/.."
-PY=${PY:-python3}
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-if compgen -G ".whl/*.whl" > /dev/null; then
-  "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/gpu_run_site .whl/*.whl || exit 2
-  export PYTHONPATH="$PYTHONPATH:/tmp/gpu_run_site"
-fi
-if ! "$PY" -c "import hydra, omegaconf, torchvision" 2> /dev/null; then
-  echo "error: $PY cannot import hydra, omegaconf or torchvision; put their wheels in .whl/ (see $0's header)"
-  exit 2
-fi
+# shellcheck source=bench/gpu_env.sh
+source "$(dirname "$0")/gpu_env.sh"
 LOG=docs/gpu/bench_gpu.log
 mkdir -p docs/gpu
 {

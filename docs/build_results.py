@@ -109,6 +109,8 @@ RUNS = {
     "scst": "soft attention + SCST, CIDEr-D reward",
     "scst_bleu": "soft attention + SCST, BLEU-4 reward",
     "scst_f1": "soft attention + SCST, CIDEr-D + object F1 reward",
+    "searched": "the quality search's best trial (`experiment=quality_searched`), trained on a GPU",
+    "searched_scst": "that + SCST, CIDEr-D reward (`quality_searched_scst`), on a GPU",
 }
 QUALITY_TEST = [
     ("bleu4", "BLEU-4", 1),

@@ -10,7 +10,8 @@ finished trial, coloured by objective). Importances are Optuna's fANOVA over the
 (``optuna.importance.get_param_importances``, seeded). The same files go to the study's MLflow parent
 run as artifacts, with the best value as a metric and the importances as ``importance.<param>`` metrics.
 ``--export`` writes the best trial's settings as an experiment config: the searched experiment's own
-settings (``search.base``) with the best parameters on top.
+settings (``--base``) with the best parameters on top, and beside it the base's SCST stage on the
+searched model where the base has one (quality -> quality_scst).
 """
 
 from __future__ import annotations
@@ -126,18 +127,46 @@ def plots(study: optuna.Study, out: Path) -> list[Path]:
     return paths
 
 
-def export(best_params: dict[str, Any], base: Path, path: Path, study: str) -> None:
-    """Write ``base`` (an experiment YAML) with ``best_params`` set on top, as an experiment config."""
-    cfg = OmegaConf.load(base)
-    for key, value in best_params.items():
-        OmegaConf.update(cfg, key, value, force_add=True)
-    OmegaConf.update(cfg, "logger.experiment", path.stem, force_add=True)
+# The keys that shape the model: a later stage started from the searched checkpoint must keep them.
+MODEL_KEYS = ("decoder.", "encoder.")
+
+
+def export(best_params: dict[str, Any], base: Path, path: Path, study: str) -> list[Path]:
+    """Write ``base`` (an experiment YAML) with ``best_params`` set on top, as an experiment config.
+
+    When ``base`` has an SCST stage beside it (``<base>_scst.yaml``, e.g. quality_scst), also write
+    ``<path>_scst.yaml``: that stage's own recipe (reward, learning rate, batch, epochs) on the searched
+    model (the ``decoder.*`` and ``encoder.*`` parameters), to start from the searched run's best.pt.
+    Returns the files written.
+    """
     header = (
         "# @package _global_\n"
         f"# experiment={base.stem} with the best trial of Optuna study {study} on top\n"
         f"# (written by sweeps/search_report.py --export; sweeps/results/ has the search's report).\n"
     )
+    cfg = OmegaConf.load(base)
+    for key, value in best_params.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    OmegaConf.update(cfg, "logger.experiment", path.stem, force_add=True)
     path.write_text(header + OmegaConf.to_yaml(cfg))
+    written = [path]
+    scst_base = base.with_name(f"{base.stem}_scst.yaml")
+    if scst_base.is_file():
+        scst = OmegaConf.create({"defaults": [scst_base.stem]})
+        for key, value in best_params.items():
+            if key.startswith(MODEL_KEYS):
+                OmegaConf.update(scst, key, value, force_add=True)
+        scst_path = path.with_name(f"{path.stem}_scst.yaml")
+        OmegaConf.update(scst, "logger.experiment", scst_path.stem, force_add=True)
+        scst_header = (
+            "# @package _global_\n"
+            f"# experiment={scst_base.stem}'s stage on the model of experiment={path.stem} (Optuna study\n"
+            f"# {study}): python train.py experiment={scst_path.stem} trainer.init_from=<its run>/best.pt\n"
+            "# (written by sweeps/search_report.py --export).\n"
+        )
+        scst_path.write_text(scst_header + OmegaConf.to_yaml(scst))
+        written.append(scst_path)
+    return written
 
 
 def log_to_parent(tracking_uri: str, parent: str, s: dict[str, Any], files: list[Path]) -> None:
@@ -153,6 +182,28 @@ def log_to_parent(tracking_uri: str, parent: str, s: dict[str, Any], files: list
             client.log_metric(parent, f"importance.{param}", value)
     for path in files:
         client.log_artifact(parent, str(path), artifact_path="report")
+
+
+def fixed_settings(search_file: Path) -> dict[str, Any]:
+    """The settings a search file gives every trial besides its parameters (e.g. the objective metric):
+    its keys outside ``defaults``, ``hydra`` and ``logger``, as dotted keys."""
+    cfg = OmegaConf.load(search_file)
+    kept = {k: v for k, v in cfg.items() if k not in ("defaults", "hydra", "logger")}
+
+    def flatten(node: Any, prefix: str) -> dict[str, Any]:
+        if isinstance(node, dict):
+            return {k: v for key, sub in node.items() for k, v in flatten(sub, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    return flatten(OmegaConf.to_container(OmegaConf.create(kept)), "")
+
+
+def overrides(base: Path, search_file: Path, params: dict[str, Any] | None) -> str:
+    """Hydra overrides that compose a trial outside the search: the base experiment, the search's fixed
+    settings and (``params``) a trial's parameters. Given after ``scale=...`` on the command line they
+    win over the scale's values, as they did in the search (a scale file outranks an experiment file)."""
+    settings = {"experiment": base.stem, **fixed_settings(search_file), **(params or {})}
+    return " ".join(f"{key}={value}" for key, value in settings.items())
 
 
 def main() -> None:
@@ -171,6 +222,12 @@ def main() -> None:
     )
     p.add_argument("--export", metavar="YAML", help="write the best trial as an experiment config here")
     p.add_argument(
+        "--overrides",
+        choices=("base", "best"),
+        help="instead: print the Hydra overrides of the search's base recipe or of its best trial, to run "
+        "either outside the search (make search-check); writes nothing",
+    )
+    p.add_argument(
         "--base", default="conf/experiment/quality.yaml", help="the experiment the search started from"
     )
     args = p.parse_args()
@@ -182,6 +239,13 @@ def main() -> None:
             f"error: study {name!r} is not in {args.storage}; pass the sweeper's storage with --storage"
         ) from None
     s = summarize(study)
+    if args.overrides:
+        if args.overrides == "best" and s["best"] is None:
+            raise SystemExit("error: --overrides best needs a completed trial; run the search further")
+        search_file = Path("sweeps/search") / f"{args.experiment.split('-')[1]}.yaml"
+        params = s["best"]["params"] if args.overrides == "best" else None
+        print(overrides(Path(args.base), search_file, params))
+        return
     out = Path(args.out or f"sweeps/results/{args.experiment}")
     out.parent.mkdir(parents=True, exist_ok=True)
     files = [out.with_suffix(".md"), out.with_suffix(".json")]
@@ -195,8 +259,8 @@ def main() -> None:
     if args.export:
         if s["best"] is None:
             raise SystemExit("error: --export needs a completed trial; run the search further")
-        export(s["best"]["params"], Path(args.base), Path(args.export), name)
-        print(f"wrote {args.export}: python train.py experiment={Path(args.export).stem}")
+        for path in export(s["best"]["params"], Path(args.base), Path(args.export), name):
+            print(f"wrote {path}: python train.py experiment={path.stem}")
 
 
 if __name__ == "__main__":

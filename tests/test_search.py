@@ -142,12 +142,17 @@ def test_search_report_names_the_best_trial_its_importances_and_exports_it(tmp_p
     files = report.plots(study, tmp_path / "search")
     assert all(p.stat().st_size > 1000 for p in files)
     out = tmp_path / "quality_searched.yaml"
-    report.export(s["best"]["params"], REPO / "conf" / "experiment" / "quality.yaml", out, "s")
+    written = report.export(s["best"]["params"], REPO / "conf" / "experiment" / "quality.yaml", out, "s")
     from omegaconf import OmegaConf
 
+    assert written == [out, tmp_path / "quality_searched_scst.yaml"]
     cfg = OmegaConf.load(out)
     assert cfg.optimizer.decoder_lr == pytest.approx(1e-4 * 1.5**9) and cfg.decoder.coverage is False
     assert cfg.decoder.attend_word is True and cfg.logger.experiment == "quality_searched"
+    # the SCST stage keeps quality_scst's optimisation and takes only the searched model's keys
+    scst = OmegaConf.load(written[1])
+    assert list(scst.defaults) == ["quality_scst"] and scst.decoder.coverage is False
+    assert "optimizer" not in scst and scst.logger.experiment == "quality_searched_scst"
     json.dumps(s)  # the JSON the report writes
 
 
@@ -182,3 +187,19 @@ def test_workers_sharing_a_seeded_search_never_propose_the_same_point() -> None:
     assert len(set(seeded)) == len(seeded)
     alone = _alternate([TrialSeededSampler(tpe, 0)])
     assert alone == _alternate([TrialSeededSampler(tpe, 0)]) and alone[:4] == seeded[:4]
+
+
+def test_search_overrides_compose_a_trial_outside_the_search() -> None:
+    """`--overrides` gives the base recipe with the search's fixed settings, and the best trial on top:
+    as command-line values they outrank scale=cpu's batch size, as the trial's parameters did."""
+    report = _search_report()
+    search = REPO / "sweeps" / "search" / "quality.yaml"
+    base = REPO / "conf" / "experiment" / "quality.yaml"
+    assert report.fixed_settings(search) == {"trainer.early_stop.metric": "object_f1"}
+    assert report.overrides(base, search, None) == "experiment=quality trainer.early_stop.metric=object_f1"
+    best = report.overrides(base, search, {"data.loader.batch_size": 16, "decoder.coverage": False})
+    from captioner.cache import compose_train_config
+
+    cfg = compose_train_config(["scale=cpu", *best.split()])
+    assert cfg.data.loader.batch_size == 16 and cfg.decoder.coverage is False
+    assert cfg.trainer.early_stop.metric == "object_f1" and cfg.trainer.threads == "1"
