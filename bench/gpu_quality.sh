@@ -29,7 +29,7 @@ mkdir -p docs/gpu "$dir"
 common=(logger=none "trainer.device=${DEVICE:-cuda}" trainer.figures=0 "trainer.test_metrics=[bleu,rouge_l,cider_d]")
 {
   date -u +%FT%TZ
-  git rev-parse HEAD 2> /dev/null || echo "no git"
+  git rev-parse HEAD 2> /dev/null || echo "commit ${BENCH_GIT_COMMIT:-unknown} (no .git)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 } > "$LOG" 2>&1
 cat "$LOG"

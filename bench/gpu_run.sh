@@ -19,7 +19,7 @@ LOG=docs/gpu/bench_gpu.log
 mkdir -p docs/gpu
 {
   date -u +%FT%TZ
-  git rev-parse HEAD 2> /dev/null || echo "no git"
+  git rev-parse HEAD 2> /dev/null || echo "commit ${BENCH_GIT_COMMIT:-unknown} (no .git)"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   "$PY" -c "import os, torch, torchvision; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'torchvision', torchvision.__version__, 'cores', len(os.sched_getaffinity(0)))"
 } > "$LOG" 2>&1

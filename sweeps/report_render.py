@@ -50,7 +50,11 @@ def markdown(s: dict[str, Any]) -> str:
     group, scale, w = s["group"], s["scale"], s["wall_time"]
     seeds = s["seeds"]
     lines = [
-        f"# Seed ablation `{group}` at scale `{scale}`",
+        (
+            f"# Search check `{group.removeprefix('search_')}` at scale `{scale}`: the best trial against its base"
+            if group.startswith("search_")
+            else f"# Seed ablation `{group}` at scale `{scale}`"
+        ),
         "",
         f"{w['n_runs']} runs ({len(s['versions'])} versions x seeds {', '.join(map(str, seeds))}). "
         f"Wall time of the group: {w['runs_s'] / 60:.1f} min of runs "
@@ -157,6 +161,17 @@ def _sitting_lines(s: dict[str, Any]) -> list[str]:
         {**s["wall_time"], "study": s.get("study"), "seeds": s["seeds"], "commits": s.get("commits", [])}
     ]:
         seeds, command = p["seeds"], f"python train.py -m sweep={group} scale={scale}"
+        if group.startswith("search_"):  # two arms side by side (Makefile), seeds 0..SEEDS-1
+            command = (
+                f"make search-check SEARCH={group.removeprefix('search_')} SCALE={scale} SEEDS={len(seeds)}"
+            )
+            lines.append(
+                f"Seeds {', '.join(map(str, seeds))}: `{command}` (its two arms side by side, each with "
+                f"`trainer.threads=1`, then the report). Commit {', '.join(c[:7] for c in p['commits'])}; "
+                f"{p['first_start_to_last_end_s'] / 60:.1f} min from the first start to the last end "
+                f"({p['runs_s'] / 60:.1f} min of runs)."
+            )
+            continue
         if seeds and seeds[0] > 0:  # seeds added to a committed report
             command += f" sweep.first_seed={seeds[0]} sweep.seeds={seeds[-1] + 1}"
             then = f"{report} --merge sweeps/results/{group}_{scale}.json"
