@@ -336,3 +336,33 @@ def test_committed_reports_keep_every_archived_per_seed_number(archived: Path) -
         ]
         assert not differ, (point, differ)
         assert set(numbers) - set(now[point]) <= {"test.meteor"}, point  # METEOR left scale=cpu at bb5eb11
+
+
+def test_search_check_report_judges_the_best_trial_against_its_base() -> None:
+    """`make search-check`'s report: group search_quality, versions base and best, paired verdicts on the
+    search's objective and on test exact scene, and the command that reruns it."""
+    f1 = {"base": [0.90, 0.91, 0.92, 0.90, 0.91], "best": [0.93, 0.935, 0.95, 0.92, 0.94]}
+    exact = {"base": [0.80, 0.82, 0.81, 0.80, 0.83], "best": [0.80, 0.83, 0.80, 0.81, 0.82]}
+    runs = [
+        run_record(
+            v,
+            seed,
+            {
+                "val.bleu4": 60.0,
+                "val.object_f1": f1[v][seed],
+                "test.object_f1": 0.9,
+                "test.exact_scene": exact[v][seed],
+            },
+        )
+        for v in ("base", "best")
+        for seed in range(5)
+    ]
+    s = report_collect.summarize("search_quality", "cpu", runs)
+    verdicts = {c["id"]: c["verdict"] for c in s["claims"]}
+    assert verdicts == {
+        "searched_recipe_higher_val_f1": "holds",
+        "searched_recipe_higher_exact_scene": "not distinguishable at 5 seeds",
+    }
+    md = report_render.markdown(s)
+    assert md.startswith("# Search check `quality` at scale `cpu`: the best trial against its base")
+    assert "`make search-check SEARCH=quality SCALE=cpu SEEDS=5`" in md
