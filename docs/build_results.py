@@ -109,8 +109,8 @@ RUNS = {
     "scst": "soft attention + SCST, CIDEr-D reward",
     "scst_bleu": "soft attention + SCST, BLEU-4 reward",
     "scst_f1": "soft attention + SCST, CIDEr-D + object F1 reward",
-    "searched": "the quality search's best trial (`experiment=quality_searched`), trained on a GPU",
-    "searched_scst": "that + SCST, CIDEr-D reward (`quality_searched_scst`), on a GPU",
+    "searched": "searched recipe (`quality_searched`)",
+    "searched_scst": "searched recipe + SCST, CIDEr-D reward",
 }
 QUALITY_TEST = [
     ("bleu4", "BLEU-4", 1),
@@ -325,6 +325,87 @@ def _recipe_sections(bench: Path) -> list[str]:
     return lines
 
 
+# ------------------------------------------------------------------------------------------ search
+
+SEARCH_METRICS = [("val.object_f1", "val object F1"), ("test.exact_scene", "test exact scene")]
+SEARCH_METRICS += [("test.object_f1", "test object F1")]
+
+
+def search_section(sweeps: Path) -> list[str]:
+    """Each Optuna search (sweeps/results/search-<name>-<scale>.json): its best trial with the parameter
+    importances, and its check over seeds against the base recipe (search_<name>_<scale>.json)."""
+    lines = [
+        "### Optuna searches of the recipe",
+        "",
+        "A seeded TPE search with a median pruner (`sweeps/search/`, docs/sweeps.md). The best trial is the best "
+        "of many at one seed, so `make search-check` reruns it and the recipe it started from at 5 seeds each "
+        "and compares them seed by seed (95% t-interval of the paired difference).",
+        "",
+    ]
+    reports = sorted(sweeps.glob("search-*-*.json"))
+    if not reports:
+        return lines + [
+            "No search report yet: `python train.py -m search=quality scale=cpu`, then "
+            "`python sweeps/search_report.py --experiment search-quality-cpu`.",
+            "",
+        ]
+    for path in reports:
+        s = json.loads(path.read_text())
+        _, search, scale = path.stem.split("-", 2)
+        counts = ", ".join(f"{n} {state.lower()}" for state, n in s["counts"].items())
+        rel = f"sweeps/results/{path.stem}"
+        lines += [
+            f"**`search={search}` at `scale={scale}`**: Optuna study `{s['study']}`, {counts}. Report "
+            f"{_link(rel + '.md')}; optimisation history {_link(rel + '_history.png')}; parallel coordinates "
+            f"{_link(rel + '_parallel.png')}.",
+            "",
+        ]
+        best = s.get("best")
+        if best:
+            lines += [
+                f"Best trial {best['number']}: objective ({s['direction']}d) {fmt(best['value'], 3)}.",
+                "",
+            ]
+            lines += _table(
+                ["parameter", "best value", "importance (fANOVA)"],
+                [
+                    [
+                        f"`{k}`",
+                        f"{v:.3g}" if isinstance(v, float) else str(v),
+                        fmt(s["importances"].get(k), 3),
+                    ]
+                    for k, v in best["params"].items()
+                ],
+            )
+            lines.append("")
+        check = _load(sweeps, f"search_{search}_{scale}.json")
+        if check is None:
+            lines += [f"Not checked over seeds yet: `make search-check SEARCH={search} SCALE={scale}`.", ""]
+            continue
+        lines += [
+            f"Checked at seeds {', '.join(map(str, check['seeds']))} (`make search-check SEARCH={search} "
+            f"SCALE={scale}`; {_link(f'sweeps/results/search_{search}_{scale}.md')}). Mean [95% CI] over seeds:",
+            "",
+        ]
+        lines += _table(
+            ["arm", *(h for _, h in SEARCH_METRICS)],
+            [
+                [
+                    arm,
+                    *(
+                        report_render.ci_cell(Interval(**report_render.interval_args(v["metrics"][m])), 3)
+                        if m in v["metrics"]
+                        else "–"
+                        for m, _ in SEARCH_METRICS
+                    ),
+                ]
+                for arm, v in check["versions"].items()
+            ],
+        )
+        lines += ["", *report_render.claims_table(check), ""]
+    return lines
+
+
 # --------------------------------------------------------------------------------------- ablations
 
 ABLATION_TITLE = "The seed's ablations, replicated over seeds"
@@ -379,10 +460,15 @@ def _seeds(s: dict[str, Any]) -> str:
     return f"{len(s['seeds'])} ({', '.join(map(str, s['seeds']))})"
 
 
+def _ablation_groups(config: dict[str, Any]) -> list[str]:
+    """The seed-ablation groups of claims.yaml; search checks (search_<name>) have their own section."""
+    return [g for g in config["groups"] if not g.startswith("search_")]
+
+
 def ablation_section(sweeps: Path) -> list[str]:
     """Per group and scale: per-version intervals and every claim's verdict; then verdicts by number of seeds."""
     config = _claims_config()
-    by_scale = _reports(sweeps, list(config["groups"]))
+    by_scale = _reports(sweeps, _ablation_groups(config))
     lines = _section(
         ABLATION_TITLE,
         "Every version of a seed-ablation group runs at several seeds (`trainer.seed`); a run scores its best "
@@ -991,7 +1077,7 @@ def _quality_summary(q: dict[str, Any] | None) -> list[str]:
 
 def _ablation_summary(sweeps: Path) -> list[str]:
     config = _claims_config()
-    by_scale = _reports(sweeps, list(config["groups"]))
+    by_scale = _reports(sweeps, _ablation_groups(config))
     rows = []
     for scale, reports in by_scale.items():
         for group, s in reports.items():
@@ -1131,6 +1217,7 @@ def page(bench: Path, sweeps: Path) -> str:
         *(f"- [{t}]({_anchor(t)})" for t in (QUALITY_TITLE, ABLATION_TITLE, SPEED_TITLE)),
         "",
         *quality_section(bench),
+        *search_section(sweeps),
         *ablation_section(sweeps),
         *speed_section(bench),
     ]

@@ -300,6 +300,8 @@ def overview(scale: str, results: Path = Path("sweeps/results"), claims_file: Pa
     ]
     undecided = []
     for group, spec in data["groups"].items():
+        if group.startswith("search_"):
+            continue  # a search's check, not a seed ablation (docs/results.md has it)
         path = results / f"{group}_{scale}.json"
         if not path.exists():
             lines.append(f"| {group} | no report | | | {spec['baseline']} | | | | |")
