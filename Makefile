@@ -45,12 +45,12 @@ sweep: install weights  ## one seed ablation group (versions x seeds) and its re
 SEARCH ?= quality
 SEEDS ?= 5
 search-check: install weights  ## a search's best trial against its base recipe, SEEDS seeds each, paired CIs: make search-check SEARCH=quality SCALE=cpu
-	$(PY) train.py -m scale=$(SCALE) $$($(PY) sweeps/search_report.py --experiment search-$(SEARCH)-$(SCALE) --overrides base) \
-		'trainer.seed=range(0,$(SEEDS))' logger.experiment=sweep-search_$(SEARCH)-$(SCALE) +logger.tags.seed_version=base & \
-	base=$$!; sleep 5; \
-	$(PY) train.py -m scale=$(SCALE) $$($(PY) sweeps/search_report.py --experiment search-$(SEARCH)-$(SCALE) --overrides best) \
-		'trainer.seed=range(0,$(SEEDS))' logger.experiment=sweep-search_$(SEARCH)-$(SCALE) +logger.tags.seed_version=best; \
-	best=$$?; wait $$base && test $$best -eq 0
+	base=$$($(PY) sweeps/search_report.py --experiment search-$(SEARCH)-$(SCALE) --overrides base) && \
+	best=$$($(PY) sweeps/search_report.py --experiment search-$(SEARCH)-$(SCALE) --overrides best) || exit 2; \
+	check="'trainer.seed=range(0,$(SEEDS))' logger.experiment=sweep-search_$(SEARCH)-$(SCALE)"; \
+	eval $(PY) train.py -m scale=$(SCALE) $$base $$check +logger.tags.seed_version=base & pid=$$!; sleep 5; \
+	eval $(PY) train.py -m scale=$(SCALE) $$best $$check +logger.tags.seed_version=best; \
+	rc=$$?; wait $$pid && test $$rc -eq 0
 	$(PY) sweeps/report.py --experiment sweep-search_$(SEARCH)-$(SCALE)
 
 report:  ## mean/CI per version + claim verdicts per sweep experiment in the local MLflow store (sweeps/results/), then the SCALE's overview
