@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "sweeps"))
 import report_collect  # noqa: E402
 import report_render  # noqa: E402
 
-from captioner.ablation import Interval  # noqa: E402
+from captioner.ablation import Interval, paired  # noqa: E402
 
 fmt = report_render.fmt  # "–" for None/NaN, an exponent for tiny numbers: one number format on every page
 
@@ -403,6 +403,20 @@ def search_section(sweeps: Path) -> list[str]:
             ],
         )
         lines += ["", *report_render.claims_table(check), ""]
+        # Seed 0 is the search's own trial, kept because it scored best there: the other seeds are unbiased.
+        values = report_collect.values_of([r for r in check["runs"] if r["seed"] != 0])
+        fresh = []
+        for metric, name in SEARCH_METRICS[:2]:
+            if {"best", "base"} <= set(values) and values["best"][metric]:
+                seeds, diff = paired(values["best"][metric], values["base"][metric])
+                fresh.append(f"{name} {report_render.ci_cell(diff, 3)} (seeds {', '.join(map(str, seeds))})")
+        if fresh:
+            lines += [
+                "Without seed 0 (the search's own trial, chosen because it scored best): best - base "
+                + "; ".join(fresh)
+                + ".",
+                "",
+            ]
     return lines
 
 
