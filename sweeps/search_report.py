@@ -10,7 +10,7 @@ finished trial, coloured by objective). Importances are Optuna's fANOVA over the
 (``optuna.importance.get_param_importances``, seeded). The same files go to the study's MLflow parent
 run as artifacts, with the best value as a metric and the importances as ``importance.<param>`` metrics.
 ``--export`` writes the best trial's settings as an experiment config: the searched experiment's own
-settings (``--base``) with the best parameters on top, and beside it the base's SCST stage on the
+settings (``--base``) with the search file's fixed settings and the best parameters on top, and beside it the base's SCST stage on the
 searched model where the base has one (quality -> quality_scst).
 """
 
@@ -131,8 +131,9 @@ def plots(study: optuna.Study, out: Path) -> list[Path]:
 MODEL_KEYS = ("decoder.", "encoder.")
 
 
-def export(best_params: dict[str, Any], base: Path, path: Path, study: str) -> list[Path]:
-    """Write ``base`` (an experiment YAML) with ``best_params`` set on top, as an experiment config.
+def export(best_params: dict[str, Any], base: Path, search_file: Path, path: Path, study: str) -> list[Path]:
+    """Write ``base`` (an experiment YAML) with the search's fixed settings (``search_file``, e.g. the
+    objective that picks best.pt) and ``best_params`` on top, as an experiment config: the trial's recipe.
 
     When ``base`` has an SCST stage beside it (``<base>_scst.yaml``, e.g. quality_scst), also write
     ``<path>_scst.yaml``: that stage's own recipe (reward, learning rate, batch, epochs) on the searched
@@ -145,7 +146,7 @@ def export(best_params: dict[str, Any], base: Path, path: Path, study: str) -> l
         f"# (written by sweeps/search_report.py --export; sweeps/results/ has the search's report).\n"
     )
     cfg = OmegaConf.load(base)
-    for key, value in best_params.items():
+    for key, value in {**fixed_settings(search_file), **best_params}.items():
         OmegaConf.update(cfg, key, value, force_add=True)
     OmegaConf.update(cfg, "logger.experiment", path.stem, force_add=True)
     path.write_text(header + OmegaConf.to_yaml(cfg))
@@ -239,10 +240,10 @@ def main() -> None:
             f"error: study {name!r} is not in {args.storage}; pass the sweeper's storage with --storage"
         ) from None
     s = summarize(study)
+    search_file = Path("sweeps/search") / f"{args.experiment.split('-')[1]}.yaml"
     if args.overrides:
         if args.overrides == "best" and s["best"] is None:
             raise SystemExit("error: --overrides best needs a completed trial; run the search further")
-        search_file = Path("sweeps/search") / f"{args.experiment.split('-')[1]}.yaml"
         params = s["best"]["params"] if args.overrides == "best" else None
         print(overrides(Path(args.base), search_file, params))
         return
@@ -259,7 +260,7 @@ def main() -> None:
     if args.export:
         if s["best"] is None:
             raise SystemExit("error: --export needs a completed trial; run the search further")
-        for path in export(s["best"]["params"], Path(args.base), Path(args.export), name):
+        for path in export(s["best"]["params"], Path(args.base), search_file, Path(args.export), name):
             print(f"wrote {path}: python train.py experiment={path.stem}")
 
 

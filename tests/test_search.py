@@ -142,13 +142,19 @@ def test_search_report_names_the_best_trial_its_importances_and_exports_it(tmp_p
     files = report.plots(study, tmp_path / "search")
     assert all(p.stat().st_size > 1000 for p in files)
     out = tmp_path / "quality_searched.yaml"
-    written = report.export(s["best"]["params"], REPO / "conf" / "experiment" / "quality.yaml", out, "s")
+    search = REPO / "sweeps" / "search" / "quality.yaml"
+    written = report.export(
+        s["best"]["params"], REPO / "conf" / "experiment" / "quality.yaml", search, out, "s"
+    )
     from omegaconf import OmegaConf
 
     assert written == [out, tmp_path / "quality_searched_scst.yaml"]
     cfg = OmegaConf.load(out)
     assert cfg.optimizer.decoder_lr == pytest.approx(1e-4 * 1.5**9) and cfg.decoder.coverage is False
     assert cfg.decoder.attend_word is True and cfg.logger.experiment == "quality_searched"
+    assert (
+        cfg.trainer.early_stop.metric == "object_f1"
+    )  # the search's objective picks best.pt, as in its trials
     # the SCST stage keeps quality_scst's optimisation and takes only the searched model's keys
     scst = OmegaConf.load(written[1])
     assert list(scst.defaults) == ["quality_scst"] and scst.decoder.coverage is False
