@@ -243,6 +243,7 @@ def build_table(args: argparse.Namespace) -> tuple[list[dict[str, Any]], list[di
                 "context": loaded.config["decoder"].get("context", "soft"),
                 "attention": loaded.config["decoder"].get("attention", "soft"),
                 "objective": (loaded.config.get("objective") or {}).get("name", "xe"),
+                "experiment": (loaded.config.get("logger") or {}).get("experiment"),
                 "tags": (loaded.config.get("logger") or {}).get("tags") or {},
                 "trained_run_id": loaded.run_id,
             }

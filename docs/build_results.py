@@ -1048,13 +1048,16 @@ def speed_section(bench: Path) -> list[str]:
 
 
 def _quality_summary(q: dict[str, Any] | None) -> list[str]:
-    """One row per kind of model (objective, attention, context): its decode with the best test object F1."""
+    """One row per kind of model (recipe, objective, attention, context): its decode with the best test
+    object F1. The recipe is the run's experiment less its SCST suffix (quality_searched(_scst) apart
+    from the hand-made quality(_scst)); records from before it was kept count as one recipe."""
     if q is None:
         return ["Not measured yet: `make bench-quality` writes `bench/results/quality.json`."]
     runs, decodes, rows = _quality_grid(q)
     kinds: dict[tuple, tuple[str, str]] = {}
     for r in q.get("runs", []):
-        kind = (r.get("objective", "xe"), r.get("attention", "soft"), r.get("context", "soft"))
+        recipe = (r.get("experiment") or "quality").removesuffix("_scst")
+        kind = (recipe, r.get("objective", "xe"), r.get("attention", "soft"), r.get("context", "soft"))
         for decode in decodes:
             test = rows.get((r["run"], decode, "test"))
             best = kinds.get(kind)
