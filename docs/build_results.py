@@ -175,7 +175,10 @@ def quality_section(bench: Path) -> list[str]:
         "the image right), pointing (a correctly named word's attention peaks on its object); repeat is the "
         "share of captions repeating a word trigram and words the mean caption length, the two columns a "
         "gamed SCST reward would show. Train min is the training steps' wall time (an SCST stage: its own "
-        "steps only; validation and feature cache excluded).",
+        "steps only; validation and feature cache excluded). `searched` is the Optuna search's recipe "
+        "(`experiment=quality_searched`: its best trial, best.pt on val object F1; the search and its 5-seed "
+        "check are below) and `searched_scst` its SCST stage (`quality_searched_scst`: `quality_scst`'s stage "
+        "on that model), trained with `trainer.threads=2` on the 2-core CPU (commands: docs/sweeps.md).",
     )
     q = _load(bench, "quality.json")
     if q is None:
