@@ -10,8 +10,8 @@ finished trial, coloured by objective). Importances are Optuna's fANOVA over the
 (``optuna.importance.get_param_importances``, seeded). The same files go to the study's MLflow parent
 run as artifacts, with the best value as a metric and the importances as ``importance.<param>`` metrics.
 ``--export`` writes the best trial's settings as an experiment config: the searched experiment's own
-settings (``--base``) with the search file's fixed settings and the best parameters on top, and beside it the base's SCST stage on the
-searched model where the base has one (quality -> quality_scst).
+settings (``--base``) with the search file's fixed settings and the best parameters on top, and beside
+it the base's SCST stage on the searched model where the base has one (quality -> quality_scst).
 """
 
 from __future__ import annotations
@@ -239,14 +239,15 @@ def main() -> None:
         raise SystemExit(
             f"error: study {name!r} is not in {args.storage}; pass the sweeper's storage with --storage"
         ) from None
-    s = summarize(study)
     search_file = Path("sweeps/search") / f"{args.experiment.split('-')[1]}.yaml"
-    if args.overrides:
-        if args.overrides == "best" and s["best"] is None:
+    if args.overrides:  # no report: skip the importances
+        complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+        if args.overrides == "best" and not complete:
             raise SystemExit("error: --overrides best needs a completed trial; run the search further")
-        params = s["best"]["params"] if args.overrides == "best" else None
+        params = study.best_trial.params if args.overrides == "best" else None
         print(overrides(Path(args.base), search_file, params))
         return
+    s = summarize(study)
     out = Path(args.out or f"sweeps/results/{args.experiment}")
     out.parent.mkdir(parents=True, exist_ok=True)
     files = [out.with_suffix(".md"), out.with_suffix(".json")]
